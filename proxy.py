@@ -1,0 +1,718 @@
+"""TikTok token proxy for Auth0.
+
+Auth0's custom social connections speak standard OAuth2. TikTok's token endpoint does not: it wants
+`client_key` where every client sends `client_id`, answers some errors with HTTP 200, once wrapped tokens
+in a `data` envelope, and separates scopes with commas. Point the connection's Token URL at
+`POST /proxy/token` (and, optionally, its Authorization URL at `GET /proxy/authorize`).
+
+The proxy keeps no state, so any number of instances can run behind a load balancer.
+
+Reading order: configuration, errors, request parsing, the upstream call, response normalization,
+logging, routes, the app, the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
+
+import anyio
+import httpx
+import uvicorn
+from dotenv import find_dotenv, load_dotenv
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("tiktok_proxy")
+
+# ----------------------------------------------------------------------------------- configuration
+
+DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
+DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3333  # the port Auth0's TikTok guide uses
+    token_url: str = DEFAULT_TOKEN_URL
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    timeout: float = 10.0  # total seconds for one upstream exchange
+    allowed_client_keys: frozenset[str] = field(default_factory=frozenset)
+    log_level: str = "INFO"
+    workers: int = 1
+
+
+class ConfigError(Exception):
+    """A bad configuration value. The message is one line that names the variable."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `environ`, or from the process environment plus an optional `.env`."""
+    if environ is None:
+        load_dotenv(find_dotenv(usecwd=True))  # variables already set win over the file
+        environ = os.environ
+    defaults = Settings()
+
+    def raw(name: str) -> str | None:
+        value = environ.get(name, "").strip()
+        return value or None
+
+    return Settings(
+        host=raw("HOST") or defaults.host,
+        port=_bounded(int, "PORT", raw("PORT"), defaults.port, 1, 65535),
+        token_url=_upstream_url("TIKTOK_TOKEN_URL", raw("TIKTOK_TOKEN_URL") or defaults.token_url),
+        authorize_url=_upstream_url(
+            "TIKTOK_AUTHORIZE_URL", raw("TIKTOK_AUTHORIZE_URL") or defaults.authorize_url
+        ),
+        timeout=_bounded(float, "TIKTOK_TIMEOUT", raw("TIKTOK_TIMEOUT"), defaults.timeout, 0.1, 120),
+        allowed_client_keys=frozenset(
+            key.strip() for key in (raw("ALLOWED_CLIENT_KEYS") or "").split(",") if key.strip()
+        ),
+        log_level=_log_level(raw("LOG_LEVEL") or defaults.log_level),
+        workers=_bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
+    )
+
+
+def _bounded(cast: type, name: str, value: str | None, default: Any, low: float, high: float) -> Any:
+    if value is None:
+        return default
+    try:
+        number = cast(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def _upstream_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an absolute https URL, got {value!r}")
+    # Client secrets travel to these URLs: plain http is only for a stand-in on this machine.
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(f"{name} must use https (http is accepted only for localhost), got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name} must not carry a query or a fragment, got {value!r}")
+    # Quirk Q5: TikTok answers 404 "Unsupported path(Janus)" when the trailing slash is missing.
+    if parts.hostname.endswith("tiktokapis.com") and not parts.path.endswith("/"):
+        raise ConfigError(f"{name} must end with '/' (TikTok answers 404 without it), got {value!r}")
+    return value
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.upper()
+
+
+def settings_or_exit() -> Settings:
+    """Load settings; on a bad value print one line naming the variable and stop (no traceback)."""
+    try:
+        return load_settings()
+    except ConfigError as err:
+        print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
+
+class OAuthError(Exception):
+    """An RFC 6749 §5.2 error answer. Descriptions are written here and never carry a secret."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        log_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.log_id = log_id
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.error, "error_description": self.description}
+        if self.log_id:
+            body["log_id"] = self.log_id  # TikTok support asks for it
+        headers = {**NO_STORE, **self.headers}
+        if self.status == 401:
+            headers.setdefault("WWW-Authenticate", 'Basic realm="tiktok-token-proxy"')
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def invalid_request(description: str) -> OAuthError:
+    return OAuthError(400, "invalid_request", description)
+
+
+def missing(name: str) -> OAuthError:
+    return invalid_request(f"missing required parameter: {name}")
+
+
+# ------------------------------------------------------------------------------- request parsing
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FIELDS = 64
+# Parameter names this proxy knows; only these are ever named back in an error message.
+KNOWN_PARAMS = frozenset(
+    {
+        "client_id", "client_key", "client_secret", "grant_type", "code", "redirect_uri",
+        "code_verifier", "refresh_token", "scope", "state", "response_type", "code_challenge",
+        "code_challenge_method", "disable_auto_auth", "token", "token_type_hint",
+    }
+)  # fmt: skip
+
+# What TikTok needs for each grant: (required, optional) parameters besides the client credentials.
+GRANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "authorization_code": (("code", "redirect_uri"), ("code_verifier",)),
+    "refresh_token": (("refresh_token",), ()),
+    "client_credentials": ((), ()),
+}
+
+
+async def read_body(request: Request) -> bytes:
+    """Read the body, refusing more than MAX_BODY_BYTES whatever Content-Length claims."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise invalid_request("the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def parse_params(content_type: str, body: bytes) -> dict[str, str]:
+    """Parse a form or JSON body into single-valued parameters (RFC 6749 §3.2: no repeats)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        pairs = _form_pairs(body)
+    elif media_type == "application/json":
+        pairs = _json_pairs(body)
+    else:
+        raise invalid_request("send the parameters as application/x-www-form-urlencoded (or application/json)")
+    return unique_params(pairs)
+
+
+def unique_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            named = f"parameter {name}" if name in KNOWN_PARAMS else "a parameter"
+            raise invalid_request(f"{named} is repeated; send each parameter once")
+        params[name] = value
+    # RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+    return {name: value for name, value in params.items() if value != ""}
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except ValueError:  # too many fields, or percent-escapes that are not UTF-8
+        raise invalid_request("the parameters are not valid UTF-8 form encoding") from None
+
+
+def _form_pairs(body: bytes) -> list[tuple[str, str]]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_request("the body is not valid UTF-8") from None
+    return parse_query(text)
+
+
+class _JSONObject(list):  # type: ignore[type-arg]
+    """The key/value pairs of a JSON object, in order, so repeated keys can be seen."""
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, str]]:
+    try:
+        document = json.loads(body, object_pairs_hook=_JSONObject)
+    except (ValueError, RecursionError):
+        raise invalid_request("the body is not valid JSON") from None
+    if not isinstance(document, _JSONObject):
+        raise invalid_request("the JSON body must be an object")
+    if len(document) > MAX_FIELDS:
+        raise invalid_request("the body has too many parameters")
+    for name, value in document:
+        if not isinstance(value, str):
+            named = f"parameter {name}" if name in KNOWN_PARAMS else "every parameter"
+            raise invalid_request(f"{named} must be a string")
+    return list(document)
+
+
+def client_credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:
+    """The client key and secret, from the body or from HTTP Basic (RFC 6749 §2.3.1), not both."""
+    body_key = _one_name(params, "client_id", "client_key")
+    body_secret = params.get("client_secret")
+    authorizations = request.headers.getlist("authorization")
+    if len(authorizations) > 1:
+        raise invalid_request("send one Authorization header")
+    scheme, _, credentials = (authorizations or [""])[0].strip().partition(" ")
+    if scheme.lower() != "basic":
+        if body_key is None:
+            raise missing("client_id")
+        if body_secret is None:
+            raise missing("client_secret")
+        return body_key, body_secret
+    basic_key, basic_secret = _decode_basic(credentials.strip())
+    if body_secret is not None or (body_key is not None and body_key != basic_key):
+        raise invalid_request("send the client credentials in the body or as HTTP Basic, not both")
+    return basic_key, basic_secret
+
+
+def _one_name(params: Mapping[str, str], name: str, synonym: str) -> str | None:
+    if name in params and synonym in params and params[name] != params[synonym]:
+        raise invalid_request(f"{name} and {synonym} differ; send one of them")
+    return params.get(name, params.get(synonym))
+
+
+def _decode_basic(credentials: str) -> tuple[str, str]:
+    malformed = OAuthError(401, "invalid_client", "the HTTP Basic credentials are malformed")
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise malformed from None
+    key, colon, secret = decoded.partition(":")
+    # RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
+    key, secret = unquote_plus(key), unquote_plus(secret)
+    if not colon or not key or not secret:
+        raise malformed
+    return key, secret
+
+
+def check_allowed(settings: Settings, client_key: str) -> None:
+    """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay."""
+    if settings.allowed_client_keys and client_key not in settings.allowed_client_keys:
+        raise OAuthError(401, "invalid_client", "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)")
+
+
+def tiktok_token_form(params: Mapping[str, str], client_key: str, client_secret: str) -> dict[str, str]:
+    """The form TikTok's token endpoint wants for this grant (quirk Q1: client_key, never client_id)."""
+    grant = params.get("grant_type")
+    if grant is None:
+        raise missing("grant_type")
+    if grant not in GRANTS:
+        raise OAuthError(400, "unsupported_grant_type", f"grant_type must be one of: {', '.join(GRANTS)}")
+    required, optional = GRANTS[grant]
+    for name in required:
+        if name not in params:
+            raise missing(name)
+    form = {"client_key": client_key, "client_secret": client_secret, "grant_type": grant}
+    # code_verifier passes through untouched: its encoding (hex for TikTok desktop) is the client's choice.
+    form.update({name: params[name] for name in (*required, *optional) if name in params})
+    return form
+
+
+# ------------------------------------------------------------------------------ the upstream call
+
+MAX_UPSTREAM_BYTES = 1024 * 1024
+# Quirk Q3: exactly one Content-Type, with no charset suffix. Identity encoding keeps the size cap honest.
+UPSTREAM_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Accept": "application/json",
+    "Accept-Encoding": "identity",
+    "Cache-Control": "no-cache",
+    "User-Agent": "tiktok-token-proxy",
+}
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+    log_id: str | None  # TikTok's x-tt-logid header, when it sends one
+    retry_after: str | None
+
+
+def new_http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The one pooled client, shared by every request. retries=1 retries a failed *connect* only."""
+    return httpx.AsyncClient(
+        transport=transport or httpx.AsyncHTTPTransport(retries=1),
+        timeout=httpx.Timeout(settings.timeout),
+        follow_redirects=False,  # a redirect would re-send the client secret somewhere else
+        trust_env=False,  # talk to the configured URL only: no proxy variables, no .netrc credentials
+    )
+
+
+async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
+    """POST a form within one total deadline. Never retried once sent: authorization codes are single-use."""
+    request = client.build_request("POST", url, content=urlencode(form).encode(), headers=UPSTREAM_HEADERS)
+    try:
+        # httpx's timeouts are per phase and per chunk; this bounds the whole exchange, however it drips.
+        with anyio.fail_after(timeout):
+            response = await client.send(request, stream=True)
+            try:
+                body = await _read_capped(response)
+            finally:
+                await response.aclose()
+    except (TimeoutError, httpx.TimeoutException):
+        raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
+    except httpx.ConnectError:
+        raise OAuthError(502, "server_error", "could not connect to TikTok's token endpoint") from None
+    except httpx.TransportError as exc:
+        raise OAuthError(502, "server_error", f"the connection to TikTok failed ({type(exc).__name__})") from None
+    return UpstreamReply(
+        status=response.status_code,
+        body=body,
+        log_id=response.headers.get("x-tt-logid"),
+        retry_after=response.headers.get("retry-after"),
+    )
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    too_large = OAuthError(502, "server_error", f"TikTok's answer is over {MAX_UPSTREAM_BYTES} bytes")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPSTREAM_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_UPSTREAM_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------ response normalization
+
+# TikTok's error codes that are not plain "400 Bad Request" for the client.
+ERROR_STATUS = {"invalid_client": 401, "server_error": 502, "temporarily_unavailable": 503}
+ERROR_CODE_SHAPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 error charset
+LOG_ID_SHAPE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def normalize_token_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """Turn whatever TikTok answered into a standard token response, or raise the right OAuthError.
+
+    Quirk Q4: success is decided by the body, never by TikTok's HTTP status.
+    """
+    document = _json_or_none(reply.body)
+    parts = _payload_parts(document)
+    for part in parts:
+        error = _tiktok_error(part)
+        if error is not None:
+            code, description, log_id = error
+            raise _client_error(reply, code, description, log_id or reply.log_id, secrets)
+    for part in parts:
+        token = part.get("access_token")
+        if isinstance(token, str) and token:
+            return _token_payload(part)
+    if reply.status == 429:
+        raise _rate_limited(reply, reply.log_id)
+    raise OAuthError(502, "server_error", _describe_unusable(reply, document), log_id=reply.log_id)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _payload_parts(document: Any) -> list[dict[str, Any]]:
+    """The objects that may hold a token or an error: the answer itself, then a legacy `data` envelope."""
+    if not isinstance(document, dict):
+        return []
+    inner = document.get("data")
+    return [document, inner] if isinstance(inner, dict) else [document]
+
+
+def _tiktok_error(part: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """(code, description, log_id) when this object reports an error, in any shape TikTok has used."""
+    error = part.get("error")
+    if isinstance(error, str) and error:  # v2 OAuth: flat {error, error_description, log_id}
+        return error, part.get("error_description"), part.get("log_id")
+    if isinstance(error, dict) and error.get("code") not in (None, "", "ok", 0):  # v2 resource envelope
+        return str(error["code"]), error.get("message"), error.get("log_id")
+    code = part.get("error_code")  # v1: {"data": {"error_code": 10002, "description": ...}, "message": "error"}
+    if code not in (None, "", 0, "0"):
+        return "invalid_request", f"TikTok error {code}: {part.get('description') or 'no description'}", part.get("log_id")
+    return None
+
+
+def _client_error(reply: UpstreamReply, code: str, description: Any, log_id: Any, secrets: Iterable[str]) -> OAuthError:
+    log_id = _clean_log_id(log_id)
+    if reply.status == 429 or code == "rate_limit_exceeded":
+        return _rate_limited(reply, log_id)
+    if not ERROR_CODE_SHAPE.fullmatch(code):
+        code = "invalid_request"
+    text = _clean_text(description, secrets) or f"TikTok refused the request ({code})"
+    return OAuthError(ERROR_STATUS.get(code, 400), code, text, log_id=log_id)
+
+
+def _rate_limited(reply: UpstreamReply, log_id: str | None) -> OAuthError:
+    retry_after = reply.retry_after if reply.retry_after and reply.retry_after.isdigit() else None
+    wait = f"retry after {retry_after} seconds" if retry_after else "retry later"
+    return OAuthError(
+        429,
+        "temporarily_unavailable",
+        f"TikTok is rate-limiting token requests; {wait}",
+        log_id=log_id,
+        headers={"Retry-After": retry_after} if retry_after else None,
+    )
+
+
+def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
+    def unusable(what: str) -> OAuthError:
+        return OAuthError(502, "server_error", f"TikTok's token answer has {what}")
+
+    token_type = part.get("token_type", "Bearer")
+    # Quirk Q10: "Bearer" in the docs, "bearer" elsewhere.
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise unusable("a token_type other than Bearer")
+    payload: dict[str, Any] = {"access_token": part["access_token"], "token_type": "Bearer"}
+    for name in ("expires_in", "refresh_expires_in"):
+        value = part.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise unusable(f"a {name} that is not a whole number of seconds")
+        payload[name] = value
+    for name in ("refresh_token", "open_id", "scope"):
+        value = part.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise unusable(f"a {name} that is not a string")
+        payload[name] = value
+    if "scope" in payload:  # quirk Q2: TikTok joins scopes with commas; RFC 6749 §3.3 with spaces
+        payload["scope"] = " ".join(split_scopes(payload["scope"]))
+    return payload
+
+
+def split_scopes(scope: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", scope) if item]
+
+
+def _describe_unusable(reply: UpstreamReply, document: Any) -> str:
+    if reply.status == 404:
+        return "TikTok answered HTTP 404; check TIKTOK_TOKEN_URL (TikTok needs the trailing slash)"
+    if 300 <= reply.status < 400:
+        return f"TikTok answered with a redirect (HTTP {reply.status}), which the proxy does not follow"
+    if document is None:
+        return f"TikTok answered HTTP {reply.status} with a body that is not JSON"
+    return f"TikTok answered HTTP {reply.status} with JSON that is neither a token nor an error"
+
+
+def _clean_text(value: Any, secrets: Iterable[str]) -> str:
+    if not isinstance(value, str):
+        return ""
+    text = CONTROL_CHARS.sub(" ", value).strip()[:300]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _clean_log_id(value: Any) -> str | None:
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return text if LOG_ID_SHAPE.fullmatch(text) else None
+
+
+# ----------------------------------------------------------------------------------------- logging
+
+
+def logfmt(**fields: Any) -> str:
+    """key=value pairs; any value that is not a plain word is JSON-quoted, so CR/LF cannot forge lines."""
+    out = []
+    for key, value in fields.items():
+        if value is None:
+            value = "-"
+        text = str(value)[:200]
+        if not re.fullmatch(r"[A-Za-z0-9_.:/@+-]+", text):
+            text = json.dumps(text)
+        out.append(f"{key}={text}")
+    return " ".join(out)
+
+
+def log_outcome(status: int, **fields: Any) -> None:
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    log.log(level, logfmt(status=status, **fields))
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """One stderr handler on the root logger, for this process and for every uvicorn worker."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level},
+    }
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+
+async def token_endpoint(request: Request) -> Response:
+    """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
+    settings: Settings = request.app.state.settings
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
+    try:
+        params = parse_params(request.headers.get("content-type", ""), await read_body(request))
+        client_key, client_secret = client_credentials(request, params)
+        fields["client_key"] = client_key
+        check_allowed(settings, client_key)
+        form = tiktok_token_form(params, client_key, client_secret)
+        fields["grant"] = form["grant_type"]
+        reply = await post_form(request.state.http_client, settings.token_url, form, settings.timeout)
+        fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
+        payload = normalize_token_reply(reply, secrets=form.values())
+        if form["grant_type"] == "refresh_token" and "refresh_token" not in payload:
+            payload["refresh_token"] = form["refresh_token"]  # quirk Q8: keep the client able to refresh
+        response: Response = JSONResponse(payload, headers=NO_STORE)
+        outcome = "token"
+    except OAuthError as err:
+        response, outcome = err.response(), err.error
+        fields["log_id"] = err.log_id or fields["log_id"]
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    log_outcome(response.status_code, event="token", outcome=outcome, **fields, duration_ms=duration_ms)
+    return response
+
+
+AUTHORIZE_DROPPED = frozenset({"client_id", "client_key", "client_secret"})
+
+
+async def authorize_endpoint(request: Request) -> Response:
+    """GET /proxy/authorize: redirect to TikTok's v2 authorize page, rewritten the way TikTok wants it."""
+    settings: Settings = request.app.state.settings
+    client_key = None
+    try:
+        params = unique_params(parse_query(request.url.query))
+        client_key = _one_name(params, "client_id", "client_key")
+        if client_key is None:
+            raise missing("client_id")
+        check_allowed(settings, client_key)
+        query = {"client_key": client_key}
+        for name, value in params.items():
+            if name == "scope":
+                value = ",".join(split_scopes(value))  # quirk Q2: comma-separated scopes
+            if name not in AUTHORIZE_DROPPED:  # a secret never belongs in a browser URL
+                query[name] = value
+    except OAuthError as err:
+        log_outcome(err.status, event="authorize", outcome=err.error, client_key=client_key)
+        return err.response()
+    log_outcome(302, event="authorize", outcome="redirect", client_key=client_key)
+    # Only ever the configured TikTok URL: nothing in the request can choose where the browser goes.
+    location = f"{settings.authorize_url}?{urlencode(query)}"
+    return RedirectResponse(location, status_code=302, headers={**NO_STORE, "Referrer-Policy": "no-referrer"})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 as OAuth-style JSON, like every other answer (Starlette's default is plain text)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        description = f"method not allowed here; allowed: {(exc.headers or {}).get('Allow', '')}"
+    elif exc.status_code == 404:
+        description = "no such endpoint; the token endpoint is POST /proxy/token"
+    else:
+        description = "the request could not be handled"
+    body = {"error": "invalid_request", "error_description": description}
+    return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """Last resort: a JSON answer, never an HTML page. (uvicorn still logs the traceback.)"""
+    body = {"error": "server_error", "error_description": "unexpected error in the proxy; see its log"}
+    return JSONResponse(body, status_code=500, headers=NO_STORE)
+
+
+# --------------------------------------------------------------------------------------------- app
+
+
+def create_app(settings: Settings | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The ASGI app. `transport` lets unit tests script TikTok without a network."""
+    settings = settings or settings_or_exit()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        log.setLevel(settings.log_level)
+        if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
+            logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        async with new_http_client(settings, transport) as client:
+            yield {"http_client": client}
+
+    app = Starlette(
+        routes=[
+            Route("/proxy/token", token_endpoint, methods=["POST"]),
+            Route("/proxy/authorize", authorize_endpoint, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+app = create_app()
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="TikTok token proxy for Auth0 custom social connections.")
+    parser.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT, or 3333)")
+    args = parser.parse_args(argv)
+    settings = settings_or_exit()
+    uvicorn.run(
+        "proxy:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=settings.workers,
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Shared fixtures: real uvicorn servers on loopback, for the proxy and for the TikTok stand-in."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import httpx
+import pytest
+import uvicorn
+
+import proxy
+from tiktok_stand_in import TOKEN_PATH, TikTokStandIn
+
+PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
+
+
+class ServerThread:
+    """uvicorn serving an ASGI app on 127.0.0.1 in a background thread (as httpx's own tests do)."""
+
+    def __init__(self, app: object) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+def free_port() -> int:
+    """A port with nothing listening on it, for connection-refused cases."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stand_in_server() -> Iterator[tuple[TikTokStandIn, ServerThread]]:
+    stand_in = TikTokStandIn()
+    with ServerThread(stand_in.app()) as server:
+        yield stand_in, server
+
+
+@pytest.fixture
+def tiktok(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> TikTokStandIn:
+    stand_in, _ = stand_in_server
+    stand_in.reset()
+    return stand_in
+
+
+@pytest.fixture(scope="session")
+def base_settings(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> proxy.Settings:
+    _, server = stand_in_server
+    return proxy.Settings(token_url=server.url + TOKEN_PATH, authorize_url="https://www.tiktok.com/v2/auth/authorize/", timeout=PROXY_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def proxy_server(base_settings: proxy.Settings) -> Iterator[ServerThread]:
+    with ServerThread(proxy.create_app(base_settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(proxy_server: ServerThread) -> Iterator[httpx.Client]:
+    """An HTTP client for the proxy under uvicorn, as Auth0 would talk to it."""
+    with httpx.Client(base_url=proxy_server.url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+def proxy_with(base_settings: proxy.Settings) -> Iterator[Callable[..., httpx.Client]]:
+    """Start a proxy with some settings changed, e.g. proxy_with(allowed_client_keys=frozenset({"k"}))."""
+    started: list[tuple[ServerThread, httpx.Client]] = []
+
+    def start(**changes: object) -> httpx.Client:
+        server = ServerThread(proxy.create_app(replace(base_settings, **changes))).__enter__()
+        http = httpx.Client(base_url=server.url, timeout=10)
+        started.append((server, http))
+        return http
+
+    yield start
+    for server, http in started:
+        http.close()
+        server.__exit__()
+
+
+@contextmanager
+def timer() -> Iterator[Callable[[], float]]:
+    start = time.monotonic()
+    yield lambda: time.monotonic() - start

@@ -1,0 +1,185 @@
+"""A local stand-in for TikTok's v2 token endpoint, quirks included (see shared tiktok-oauth.md).
+
+By default it behaves like TikTok: form bodies only, `client_key` (not `client_id`), single-use codes,
+rotating refresh tokens, flat `{error, error_description, log_id}` errors with HTTP 200, and
+404 "Unsupported path(Janus)" without the trailing slash. A test can replace that with a `fault`:
+any ASGI response (HTML 500, a redirect, a slow drip, silence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+TOKEN_PATH = "/v2/oauth/token/"
+CLIENT_KEY = "aw1testclientkey"
+CLIENT_SECRET = "s3cr3t-Client-Secret-value"
+REDIRECT_URI = "https://tenant.example.auth0.com/login/callback"
+
+
+@dataclass
+class Seen:
+    """One request as TikTok received it."""
+
+    path: str
+    headers: list[tuple[str, str]]
+    form: dict[str, list[str]]
+
+    def header_values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name.lower()]
+
+
+@dataclass
+class IssuedCode:
+    client_key: str
+    redirect_uri: str
+    code_verifier: str | None
+
+
+@dataclass
+class TikTokStandIn:
+    clients: dict[str, str] = field(default_factory=lambda: {CLIENT_KEY: CLIENT_SECRET})
+    codes: dict[str, IssuedCode] = field(default_factory=dict)
+    refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> client key
+    seen: list[Seen] = field(default_factory=list)
+    error_status: int = 200  # quirk Q4: TikTok has answered OAuth errors with HTTP 200
+    fault: Callable[[], Response] | None = None
+
+    def reset(self) -> None:
+        self.codes.clear()
+        self.refresh_tokens.clear()
+        self.seen.clear()
+        self.error_status = 200
+        self.fault = None
+
+    def issue_code(self, *, redirect_uri: str = REDIRECT_URI, code_verifier: str | None = None) -> str:
+        """A code as TikTok's callback would carry it: with characters such as * and ! (quirk Q7)."""
+        code = f"code*{secrets.token_urlsafe(12)}!3_{secrets.token_hex(4)}"
+        self.codes[code] = IssuedCode(CLIENT_KEY, redirect_uri, code_verifier)
+        return code
+
+    def issue_refresh_token(self) -> str:
+        token = f"rft.{secrets.token_urlsafe(24)}"
+        self.refresh_tokens[token] = CLIENT_KEY
+        return token
+
+    # ---- the endpoint
+
+    async def token(self, request: Request) -> Response:
+        body = await request.body()
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        self.seen.append(Seen(request.url.path, raw_headers, form))
+        if self.fault is not None:
+            return self.fault()
+
+        content_types = [v for k, v in raw_headers if k == "content-type"]
+        if content_types != ["application/x-www-form-urlencoded"]:  # quirk Q3
+            return self.error("invalid_request", "Only `application/x-www-form-urlencoded` is accepted as Content-Type.")
+        params = {name: values[0] for name, values in form.items()}
+        client_key = params.get("client_key")
+        if not client_key:
+            return self.error("invalid_request", "The request parameters are malformed.")
+        if "client_secret" not in params:
+            return self.error("invalid_request", "Client secret is missed in request.")
+        if self.clients.get(client_key) != params["client_secret"]:
+            return self.error("invalid_client", "Client key or secret is incorrect.")
+        grant = params.get("grant_type")
+        if grant == "authorization_code":
+            return self.exchange_code(client_key, params)
+        if grant == "refresh_token":
+            return self.refresh(client_key, params)
+        if grant == "client_credentials":
+            return self.tokens({"access_token": f"clt.{secrets.token_urlsafe(24)}", "expires_in": 7200, "token_type": "Bearer"})
+        return self.error("unsupported_grant_type", "Grant type is not supported.")
+
+    def exchange_code(self, client_key: str, params: dict[str, str]) -> Response:
+        issued = self.codes.pop(params.get("code", ""), None)  # single use
+        if issued is None or issued.client_key != client_key:
+            return self.error("invalid_grant", "Authorization code is expired.")
+        if params.get("redirect_uri") != issued.redirect_uri:
+            return self.error("invalid_request", "Redirect_uri is not matched with the uri when requesting code.")
+        if issued.code_verifier is not None and params.get("code_verifier") != issued.code_verifier:
+            return self.error("invalid_grant", "Code verifier or code challenge is invalid.")
+        return self.user_tokens(client_key)
+
+    def refresh(self, client_key: str, params: dict[str, str]) -> Response:
+        if self.refresh_tokens.pop(params.get("refresh_token", ""), None) != client_key:  # rotates (quirk Q8)
+            return self.error("invalid_grant", "Refresh token is invalid or expired.")
+        return self.user_tokens(client_key)
+
+    def user_tokens(self, client_key: str) -> Response:
+        refresh_token = f"rft.{secrets.token_urlsafe(24)}"
+        self.refresh_tokens[refresh_token] = client_key
+        return self.tokens(
+            {
+                "access_token": f"act.{secrets.token_urlsafe(24)}",
+                "expires_in": 86400,
+                "open_id": "afd97af1-b87b-48b9-ac98-410aghda5344",
+                "refresh_expires_in": 31536000,
+                "refresh_token": refresh_token,
+                "scope": "user.info.basic,user.info.profile",
+                "token_type": "Bearer",
+            }
+        )
+
+    def tokens(self, body: dict[str, object]) -> Response:
+        return JSONResponse(body, headers={"x-tt-logid": new_log_id()})
+
+    def error(self, error: str, description: str) -> Response:
+        body = {"error": error, "error_description": description, "log_id": new_log_id()}
+        return JSONResponse(body, status_code=self.error_status)
+
+    def app(self) -> Starlette:
+        async def janus(request: Request) -> Response:  # quirk Q5
+            self.seen.append(Seen(request.url.path, [], {}))
+            return PlainTextResponse("Unsupported path(Janus)", status_code=404)
+
+        return Starlette(
+            routes=[
+                Route(TOKEN_PATH, self.token, methods=["POST"]),
+                Route("/{path:path}", janus, methods=["GET", "POST"]),
+            ]
+        )
+
+
+def new_log_id() -> str:
+    return "2026112202" + secrets.token_hex(12).upper()
+
+
+# ---- faults a test can plug in as `stand_in.fault = ...`
+
+
+def reply(status: int, body: bytes | str | object, content_type: str = "application/json", **headers: str) -> Callable[[], Response]:
+    if not isinstance(body, (bytes, str)):
+        return lambda: JSONResponse(body, status_code=status, headers=headers)
+    return lambda: Response(body, status_code=status, media_type=content_type, headers=headers)
+
+
+def drip(body: bytes, seconds_per_byte: float) -> Callable[[], Response]:
+    """Headers at once, then the body one byte at a time: per-chunk read timeouts never fire."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for byte in body:
+            await asyncio.sleep(seconds_per_byte)
+            yield bytes([byte])
+
+    return lambda: StreamingResponse(chunks(), media_type="application/json")
+
+
+class _Silent(Response):
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)
+
+
+def silence() -> Callable[[], Response]:
+    """Accept the request and never answer: not even a status line."""
+    return _Silent
