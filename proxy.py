@@ -538,11 +538,10 @@ def _describe_unusable(reply: UpstreamReply, document: Any) -> str:
 def _clean_text(value: Any, secrets: Iterable[str]) -> str:
     if not isinstance(value, str):
         return ""
-    text = CONTROL_CHARS.sub(" ", value).strip()[:300]
-    for secret in secrets:
+    for secret in secrets:  # before truncating, so no fragment of a secret can survive
         if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+            value = value.replace(secret, "[redacted]")
+    return CONTROL_CHARS.sub(" ", value).strip()[:300]
 
 
 def _clean_log_id(value: Any) -> str | None:
@@ -568,7 +567,7 @@ def logfmt(**fields: Any) -> str:
 
 def log_outcome(status: int, **fields: Any) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    log.log(level, logfmt(status=status, **fields))
+    log.log(level, logfmt(**fields, status=status))
 
 
 def logging_config(level: str) -> dict[str, Any]:

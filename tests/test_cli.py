@@ -1,0 +1,132 @@
+"""The proxy as users run it: `python proxy.py` in its own process, with its real logging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerThread, free_port
+from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, TOKEN_PATH, TikTokStandIn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """Only what the test sets: no stray TIKTOK_* or .env from the developer's shell."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONUNBUFFERED": "1", **variables}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[sys.executable, str(REPO / "proxy.py")], [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO), "proxy:app"]],
+    ids=["python proxy.py", "uvicorn proxy:app"],
+)
+def test_bad_configuration_stops_startup_with_one_line(command: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(command, env=clean_env(TIKTOK_TIMEOUT="ten"), cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "tiktok-token-proxy: configuration error: TIKTOK_TIMEOUT must be a number, got 'ten'"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TIKTOK_TIMEOUT=ten\nLOG_LEVEL=LOUD\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "proxy.py")], env=clean_env(TIKTOK_TIMEOUT="3"), cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "LOG_LEVEL must be one of" in result.stderr  # from .env; TIKTOK_TIMEOUT=ten was overridden
+
+
+class RunningProxy:
+    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+        self.process, self.url = process, f"http://127.0.0.1:{port}"
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=15)
+        return output
+
+
+@pytest.fixture
+def running_proxy(stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path) -> Iterator[RunningProxy]:
+    _, tiktok_server = stand_in_server
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
+        env=clean_env(LOG_LEVEL="DEBUG", TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH, TIKTOK_TIMEOUT="2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningProxy(process, port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(running.url + "/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("proxy did not start:\n" + (process.communicate()[0] or ""))
+        time.sleep(0.05)
+    yield running
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: RunningProxy, tiktok: TikTokStandIn) -> None:
+    """A full session at LOG_LEVEL=DEBUG (uvicorn, httpx and httpcore included): nothing sensitive is logged."""
+    verifier = "Verifier-" + "v" * 40
+    code = tiktok.issue_code(code_verifier=verifier)
+    sensitive = [CLIENT_SECRET, code, verifier]
+    with httpx.Client(base_url=running_proxy.url) as client:
+        exchange = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI, "code_verifier": verifier}
+        first = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
+        assert first.status_code == 200, first.text
+        sensitive += [first.json()["access_token"], first.json()["refresh_token"]]
+        refresh = {"grant_type": "refresh_token", "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "refresh_token": first.json()["refresh_token"]}
+        second = client.post("/proxy/token", data=refresh)
+        assert second.status_code == 200, second.text
+        sensitive += [second.json()["access_token"], second.json()["refresh_token"]]
+        reused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
+        assert reused.status_code == 400
+        refused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange, "client_secret": ""})
+        assert refused.status_code == 400
+        tiktok.fault = lambda: httpx_html_500()
+        failed = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
+        assert failed.status_code == 502
+        for response in (reused, refused, failed):
+            assert not any(value in response.text for value in sensitive)
+    log = running_proxy.stop()
+
+    assert log.count("event=token") == 5, log
+    assert "outcome=token grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
+    assert "outcome=invalid_grant" in log and "outcome=server_error" in log
+    assert "DEBUG" in log  # the capture really ran at DEBUG
+    for value in sensitive:
+        assert value not in log
+
+
+def httpx_html_500():  # type: ignore[no-untyped-def]
+    from starlette.responses import HTMLResponse
+
+    return HTMLResponse("<h1>oops</h1>", status_code=500)
+
+
+def test_sigterm_stops_the_proxy_cleanly(running_proxy: RunningProxy) -> None:
+    log = running_proxy.stop()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says why it stopped.
+    assert running_proxy.process.returncode in (0, -signal.SIGTERM)
+    assert "Finished server process" in log
+    assert "Traceback" not in log

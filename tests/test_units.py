@@ -1,0 +1,159 @@
+"""Unit tests for the pure pieces: configuration, normalization and log formatting."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+import proxy
+from conftest import ServerThread
+from proxy import ConfigError, OAuthError, Settings, UpstreamReply, load_settings, logfmt, normalize_token_reply
+
+# ---------------------------------------------------------------------------------- configuration
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.timeout) == ("127.0.0.1", 3333, 10.0)
+    assert settings.token_url == "https://open.tiktokapis.com/v2/oauth/token/"
+    assert settings.authorize_url == "https://www.tiktok.com/v2/auth/authorize/"
+    assert settings.allowed_client_keys == frozenset()
+
+
+def test_values_are_read() -> None:
+    settings = load_settings(
+        {
+            "HOST": "0.0.0.0",
+            "PORT": "8080",
+            "TIKTOK_TIMEOUT": "2.5",
+            "ALLOWED_CLIENT_KEYS": " aw1, aw2 ,,",
+            "LOG_LEVEL": "debug",
+            "TIKTOK_TOKEN_URL": "http://127.0.0.1:9000/v2/oauth/token/",
+            "WEB_CONCURRENCY": "4",
+        }
+    )
+    assert (settings.host, settings.port, settings.timeout, settings.log_level, settings.workers) == ("0.0.0.0", 8080, 2.5, "DEBUG", 4)
+    assert settings.allowed_client_keys == frozenset({"aw1", "aw2"})
+    assert settings.token_url == "http://127.0.0.1:9000/v2/oauth/token/"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("PORT", "http", "must be a number"),
+        ("PORT", "70000", "between 1 and 65535"),
+        ("TIKTOK_TIMEOUT", "soon", "must be a number"),
+        ("TIKTOK_TIMEOUT", "0", "between"),
+        ("TIKTOK_TIMEOUT", "nan", "between"),
+        ("TIKTOK_TOKEN_URL", "open.tiktokapis.com/v2/oauth/token/", "absolute https URL"),
+        ("TIKTOK_TOKEN_URL", "http://open.tiktokapis.com/v2/oauth/token/", "must use https"),
+        ("TIKTOK_TOKEN_URL", "https://open.tiktokapis.com/v2/oauth/token", "must end with '/'"),
+        ("TIKTOK_TOKEN_URL", "https://open.tiktokapis.com/v2/oauth/token/?x=1", "query"),
+        ("TIKTOK_AUTHORIZE_URL", "ftp://www.tiktok.com/", "absolute https URL"),
+        ("LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR"),
+        ("WEB_CONCURRENCY", "0", "between 1 and 64"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: value})
+    message = str(caught.value)
+    assert message.startswith(name) and fragment in message
+    assert "\n" not in message
+
+
+# ---------------------------------------------------------------------------------- normalization
+
+
+def normalize(body: object, status: int = 200, **extra: str) -> dict[str, object]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return normalize_token_reply(UpstreamReply(status, raw, extra.get("log_id"), extra.get("retry_after")), secrets=["SECRET"])
+
+
+@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])
+def test_token_type_is_normalized(token_type: str) -> None:
+    assert normalize({"access_token": "a", "token_type": token_type})["token_type"] == "Bearer"
+
+
+def test_success_is_decided_by_the_body_not_the_status() -> None:
+    assert normalize({"access_token": "a", "expires_in": 60}, status=400) == {"access_token": "a", "token_type": "Bearer", "expires_in": 60}
+
+
+def test_an_error_wins_over_a_token_in_the_same_body() -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize({"access_token": "a", "error": "invalid_grant", "error_description": "no"})
+    assert caught.value.error == "invalid_grant"
+
+
+def test_error_descriptions_are_cleaned_and_redacted() -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize({"error": "invalid_client", "error_description": "bad secret SECRET\r\nInjected: yes" + "x" * 500, "log_id": "bad id\n"})
+    assert caught.value.status == 401
+    assert "SECRET" not in caught.value.description
+    assert "\n" not in caught.value.description and len(caught.value.description) <= 300
+    assert caught.value.log_id is None  # not a plausible log id: dropped rather than echoed
+
+
+@pytest.mark.parametrize("value", [True, -1, 1.5, "60", None])
+def test_expires_in_must_be_whole_seconds(value: object) -> None:
+    if value is None:
+        assert "expires_in" not in normalize({"access_token": "a"})
+        return
+    with pytest.raises(OAuthError) as caught:
+        normalize({"access_token": "a", "expires_in": value})
+    assert caught.value.status == 502
+
+
+def test_the_log_id_header_is_kept_when_the_body_has_none() -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize({"error": "invalid_grant"}, log_id="HDR123")
+    assert caught.value.log_id == "HDR123"
+
+
+def test_a_429_without_a_body_is_rate_limiting() -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize(b"Too Many Requests", status=429, retry_after="soon")
+    assert (caught.value.status, caught.value.error) == (429, "temporarily_unavailable")
+    assert "Retry-After" not in caught.value.headers  # only a number of seconds is passed on
+
+
+# ---------------------------------------------------------------------------------- logging
+
+
+def test_logfmt_quotes_anything_that_could_forge_a_line() -> None:
+    line = logfmt(client_key="evil\r\nlevel=INFO outcome=token", grant="authorization_code", log_id=None)
+    assert "\n" not in line and "\r" not in line
+    assert line == 'client_key="evil\\r\\nlevel=INFO outcome=token" grant=authorization_code log_id=-'
+
+
+# ----------------------------------------------- the app under uvicorn, TikTok scripted by a mock transport
+
+
+def test_no_retry_once_the_request_was_sent() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ReadError("connection reset by peer")
+
+    app = proxy.create_app(Settings(), transport=httpx.MockTransport(handler))
+    with ServerThread(app) as server:
+        response = httpx.post(
+            server.url + "/proxy/token",
+            data={"grant_type": "authorization_code", "client_id": "k", "client_secret": "s", "code": "c", "redirect_uri": "https://x/cb"},
+        )
+    assert response.status_code == 502
+    assert response.json()["error_description"] == "the connection to TikTok failed (ReadError)"
+    assert len(calls) == 1
+
+
+def test_an_answer_over_the_size_cap_is_502() -> None:
+    huge = b'{"access_token":"' + b"a" * (proxy.MAX_UPSTREAM_BYTES + 1) + b'"}'
+    app = proxy.create_app(Settings(), transport=httpx.MockTransport(lambda request: httpx.Response(200, content=huge)))
+    with ServerThread(app) as server:
+        response = httpx.post(server.url + "/proxy/token", data={"grant_type": "client_credentials", "client_id": "k", "client_secret": "s"})
+    assert response.status_code == 502
+    assert "over 1048576 bytes" in response.json()["error_description"]
