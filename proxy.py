@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
@@ -45,6 +45,7 @@ log = logging.getLogger("tiktok_proxy")
 
 DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
 DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
+DEFAULT_REVOKE_URL = "https://open.tiktokapis.com/v2/oauth/revoke/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -54,6 +55,7 @@ class Settings:
     port: int = 3333  # the port Auth0's TikTok guide uses
     token_url: str = DEFAULT_TOKEN_URL
     authorize_url: str = DEFAULT_AUTHORIZE_URL
+    revoke_url: str = DEFAULT_REVOKE_URL
     timeout: float = 10.0  # total seconds for one upstream exchange
     allowed_client_keys: frozenset[str] = field(default_factory=frozenset)
     log_level: str = "INFO"
@@ -82,6 +84,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         authorize_url=_upstream_url(
             "TIKTOK_AUTHORIZE_URL", raw("TIKTOK_AUTHORIZE_URL") or defaults.authorize_url
         ),
+        revoke_url=_upstream_url("TIKTOK_REVOKE_URL", raw("TIKTOK_REVOKE_URL") or defaults.revoke_url),
         timeout=_bounded(float, "TIKTOK_TIMEOUT", raw("TIKTOK_TIMEOUT"), defaults.timeout, 0.1, 120),
         allowed_client_keys=frozenset(
             key.strip() for key in (raw("ALLOWED_CLIENT_KEYS") or "").split(",") if key.strip()
@@ -343,6 +346,13 @@ def tiktok_token_form(params: Mapping[str, str], client_key: str, client_secret:
     return form
 
 
+def tiktok_revoke_form(params: Mapping[str, str], client_key: str, client_secret: str) -> dict[str, str]:
+    """The form TikTok's revoke endpoint wants: RFC 7009's `token` (TikTok revokes the user's access token)."""
+    if "token" not in params:
+        raise missing("token")
+    return {"client_key": client_key, "client_secret": client_secret, "token": params["token"]}
+
+
 # ------------------------------------------------------------------------------ the upstream call
 
 MAX_UPSTREAM_BYTES = 1024 * 1024
@@ -358,6 +368,7 @@ UPSTREAM_HEADERS = {
 
 @dataclass(frozen=True)
 class UpstreamReply:
+    url: str
     status: int
     body: bytes
     log_id: str | None  # TikTok's x-tt-logid header, when it sends one
@@ -388,10 +399,11 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
     except (TimeoutError, httpx.TimeoutException):
         raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
     except httpx.ConnectError:
-        raise OAuthError(502, "server_error", "could not connect to TikTok's token endpoint") from None
+        raise OAuthError(502, "server_error", f"could not connect to TikTok ({request.url.host})") from None
     except httpx.TransportError as exc:
         raise OAuthError(502, "server_error", f"the connection to TikTok failed ({type(exc).__name__})") from None
     return UpstreamReply(
+        url=url,
         status=response.status_code,
         body=body,
         log_id=response.headers.get("x-tt-logid"),
@@ -429,18 +441,56 @@ def normalize_token_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> 
     """
     document = _json_or_none(reply.body)
     parts = _payload_parts(document)
+    raise_tiktok_error(reply, parts, secrets)
+    for part in parts:
+        token = part.get("access_token")
+        if isinstance(token, str) and token:
+            return _token_payload(part)
+    raise _unusable(reply, document, "neither a token nor an error")
+
+
+def normalize_revoke_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """TikTok documents an empty answer for a revoke that worked; an empty body and `{}` are alike."""
+    document = _json_or_none(reply.body) if reply.body.strip() else {}
+    raise_tiktok_error(reply, _payload_parts(document), secrets)
+    if 200 <= reply.status < 300 and isinstance(document, dict):
+        return {}
+    raise _unusable(reply, document, "not a revocation answer")
+
+
+def token_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:
+    payload = normalize_token_reply(reply, secrets=form.values())
+    if form["grant_type"] == "refresh_token" and "refresh_token" not in payload:
+        payload["refresh_token"] = form["refresh_token"]  # quirk Q8: keep the client able to refresh
+    return payload
+
+
+def revoke_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:
+    return normalize_revoke_reply(reply, secrets=form.values())
+
+
+def raise_tiktok_error(reply: UpstreamReply, parts: list[dict[str, Any]], secrets: Iterable[str]) -> None:
     for part in parts:
         error = _tiktok_error(part)
         if error is not None:
             code, description, log_id = error
             raise _client_error(reply, code, description, log_id or reply.log_id, secrets)
-    for part in parts:
-        token = part.get("access_token")
-        if isinstance(token, str) and token:
-            return _token_payload(part)
+
+
+def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
     if reply.status == 429:
-        raise _rate_limited(reply, reply.log_id)
-    raise OAuthError(502, "server_error", _describe_unusable(reply, document), log_id=reply.log_id)
+        return _rate_limited(reply, reply.log_id)
+    if reply.status == 404:
+        description = f"TikTok answered HTTP 404 for {reply.url}; check the URL (TikTok needs the trailing slash)"
+    elif 300 <= reply.status < 400:
+        description = f"TikTok answered with a redirect (HTTP {reply.status}), which the proxy does not follow"
+    elif not reply.body.strip():
+        description = f"TikTok answered HTTP {reply.status} with an empty body"
+    elif document is None:
+        description = f"TikTok answered HTTP {reply.status} with a body that is not JSON"
+    else:
+        description = f"TikTok answered HTTP {reply.status} with JSON that is {what}"
+    return OAuthError(502, "server_error", description, log_id=reply.log_id)
 
 
 def _json_or_none(body: bytes) -> Any:
@@ -525,16 +575,6 @@ def split_scopes(scope: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", scope) if item]
 
 
-def _describe_unusable(reply: UpstreamReply, document: Any) -> str:
-    if reply.status == 404:
-        return "TikTok answered HTTP 404; check TIKTOK_TOKEN_URL (TikTok needs the trailing slash)"
-    if 300 <= reply.status < 400:
-        return f"TikTok answered with a redirect (HTTP {reply.status}), which the proxy does not follow"
-    if document is None:
-        return f"TikTok answered HTTP {reply.status} with a body that is not JSON"
-    return f"TikTok answered HTTP {reply.status} with JSON that is neither a token nor an error"
-
-
 def _clean_text(value: Any, secrets: Iterable[str]) -> str:
     if not isinstance(value, str):
         return ""
@@ -584,8 +624,22 @@ def logging_config(level: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ routes
 
 
-async def token_endpoint(request: Request) -> Response:
-    """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
+@dataclass(frozen=True)
+class Relay:
+    """One TikTok OAuth endpoint the proxy relays to: what to send it, and how to read its answer."""
+
+    event: str  # names the exchange in the log line
+    url: Callable[[Settings], str]
+    build_form: Callable[[Mapping[str, str], str, str], dict[str, str]]
+    answer: Callable[[UpstreamReply, Mapping[str, str]], dict[str, Any]]
+
+
+TOKEN = Relay("token", lambda settings: settings.token_url, tiktok_token_form, token_answer)
+REVOKE = Relay("revoke", lambda settings: settings.revoke_url, tiktok_revoke_form, revoke_answer)
+
+
+async def relay(request: Request, to: Relay) -> Response:
+    """Every rule of a relayed request, in order: parse, authenticate, allow, send once, normalize, log."""
     settings: Settings = request.app.state.settings
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
@@ -594,21 +648,28 @@ async def token_endpoint(request: Request) -> Response:
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
         check_allowed(settings, client_key)
-        form = tiktok_token_form(params, client_key, client_secret)
-        fields["grant"] = form["grant_type"]
-        reply = await post_form(request.state.http_client, settings.token_url, form, settings.timeout)
+        form = to.build_form(params, client_key, client_secret)
+        fields["grant"] = form.get("grant_type")
+        reply = await post_form(request.state.http_client, to.url(settings), form, settings.timeout)
         fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
-        payload = normalize_token_reply(reply, secrets=form.values())
-        if form["grant_type"] == "refresh_token" and "refresh_token" not in payload:
-            payload["refresh_token"] = form["refresh_token"]  # quirk Q8: keep the client able to refresh
-        response: Response = JSONResponse(payload, headers=NO_STORE)
-        outcome = "token"
+        response: Response = JSONResponse(to.answer(reply, form), headers=NO_STORE)
+        outcome = "ok"
     except OAuthError as err:
         response, outcome = err.response(), err.error
         fields["log_id"] = err.log_id or fields["log_id"]
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    log_outcome(response.status_code, event="token", outcome=outcome, **fields, duration_ms=duration_ms)
+    log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms)
     return response
+
+
+async def token_endpoint(request: Request) -> Response:
+    """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
+    return await relay(request, TOKEN)
+
+
+async def revoke_endpoint(request: Request) -> Response:
+    """POST /proxy/revoke: an RFC 7009 revocation, relayed to TikTok's revoke endpoint."""
+    return await relay(request, REVOKE)
 
 
 AUTHORIZE_DROPPED = frozenset({"client_id", "client_key", "client_secret"})
@@ -680,6 +741,7 @@ def create_app(settings: Settings | None = None, transport: httpx.AsyncBaseTrans
     app = Starlette(
         routes=[
             Route("/proxy/token", token_endpoint, methods=["POST"]),
+            Route("/proxy/revoke", revoke_endpoint, methods=["POST"]),
             Route("/proxy/authorize", authorize_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],

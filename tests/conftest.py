@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 import proxy
-from tiktok_stand_in import TOKEN_PATH, TikTokStandIn
+from tiktok_stand_in import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
 
@@ -74,7 +74,7 @@ def tiktok(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> TikTokStandIn
 @pytest.fixture(scope="session")
 def base_settings(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> proxy.Settings:
     _, server = stand_in_server
-    return proxy.Settings(token_url=server.url + TOKEN_PATH, authorize_url="https://www.tiktok.com/v2/auth/authorize/", timeout=PROXY_TIMEOUT)
+    return proxy.Settings(token_url=server.url + TOKEN_PATH, revoke_url=server.url + REVOKE_PATH, timeout=PROXY_TIMEOUT)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import ServerThread, free_port
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, TOKEN_PATH, TikTokStandIn
+from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,12 @@ def running_proxy(stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
-        env=clean_env(LOG_LEVEL="DEBUG", TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH, TIKTOK_TIMEOUT="2"),
+        env=clean_env(
+            LOG_LEVEL="DEBUG",
+            TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH,
+            TIKTOK_REVOKE_URL=tiktok_server.url + REVOKE_PATH,
+            TIKTOK_TIMEOUT="2",
+        ),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -99,6 +104,8 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
         second = client.post("/proxy/token", data=refresh)
         assert second.status_code == 200, second.text
         sensitive += [second.json()["access_token"], second.json()["refresh_token"]]
+        revoked = client.post("/proxy/revoke", data={"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "token": second.json()["access_token"]})
+        assert revoked.status_code == 200, revoked.text
         reused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
         assert reused.status_code == 400
         refused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange, "client_secret": ""})
@@ -111,7 +118,8 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     log = running_proxy.stop()
 
     assert log.count("event=token") == 5, log
-    assert "outcome=token grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
+    assert "event=revoke outcome=ok" in log
+    assert "event=token outcome=ok grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     assert "DEBUG" in log  # the capture really ran at DEBUG
     for value in sensitive:

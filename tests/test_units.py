@@ -70,7 +70,7 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
 
 def normalize(body: object, status: int = 200, **extra: str) -> dict[str, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_token_reply(UpstreamReply(status, raw, extra.get("log_id"), extra.get("retry_after")), secrets=["SECRET"])
+    return normalize_token_reply(UpstreamReply("https://tiktok.test/", status, raw, extra.get("log_id"), extra.get("retry_after")), secrets=["SECRET"])
 
 
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 TOKEN_PATH = "/v2/oauth/token/"
+REVOKE_PATH = "/v2/oauth/revoke/"
 CLIENT_KEY = "aw1testclientkey"
 CLIENT_SECRET = "s3cr3t-Client-Secret-value"
 REDIRECT_URI = "https://tenant.example.auth0.com/login/callback"
@@ -49,6 +50,10 @@ class TikTokStandIn:
     clients: dict[str, str] = field(default_factory=lambda: {CLIENT_KEY: CLIENT_SECRET})
     codes: dict[str, IssuedCode] = field(default_factory=dict)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> client key
+    access_tokens: dict[str, str] = field(default_factory=dict)  # access token -> client key
+    expired: set[str] = field(default_factory=set)  # access tokens past their 24 hours
+    revoked: list[str] = field(default_factory=list)
+    revoke_body: bytes = b""  # TikTok documents an empty answer; `{}` is the other reading
     seen: list[Seen] = field(default_factory=list)
     error_status: int = 200  # quirk Q4: TikTok has answered OAuth errors with HTTP 200
     fault: Callable[[], Response] | None = None
@@ -56,6 +61,10 @@ class TikTokStandIn:
     def reset(self) -> None:
         self.codes.clear()
         self.refresh_tokens.clear()
+        self.access_tokens.clear()
+        self.expired.clear()
+        self.revoked.clear()
+        self.revoke_body = b""
         self.seen.clear()
         self.error_status = 200
         self.fault = None
@@ -73,25 +82,32 @@ class TikTokStandIn:
 
     # ---- the endpoint
 
-    async def token(self, request: Request) -> Response:
+    async def receive(self, request: Request) -> tuple[dict[str, str], Response | None]:
+        """Record the request, then check what every TikTok OAuth endpoint checks first."""
         body = await request.body()
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         self.seen.append(Seen(request.url.path, raw_headers, form))
+        params = {name: values[0] for name, values in form.items()}
         if self.fault is not None:
-            return self.fault()
-
+            return params, self.fault()
         content_types = [v for k, v in raw_headers if k == "content-type"]
         if content_types != ["application/x-www-form-urlencoded"]:  # quirk Q3
-            return self.error("invalid_request", "Only `application/x-www-form-urlencoded` is accepted as Content-Type.")
-        params = {name: values[0] for name, values in form.items()}
+            return params, self.error("invalid_request", "Only `application/x-www-form-urlencoded` is accepted as Content-Type.")
         client_key = params.get("client_key")
         if not client_key:
-            return self.error("invalid_request", "The request parameters are malformed.")
+            return params, self.error("invalid_request", "The request parameters are malformed.")
         if "client_secret" not in params:
-            return self.error("invalid_request", "Client secret is missed in request.")
+            return params, self.error("invalid_request", "Client secret is missed in request.")
         if self.clients.get(client_key) != params["client_secret"]:
-            return self.error("invalid_client", "Client key or secret is incorrect.")
+            return params, self.error("invalid_client", "Client key or secret is incorrect.")
+        return params, None
+
+    async def token(self, request: Request) -> Response:
+        params, refusal = await self.receive(request)
+        if refusal is not None:
+            return refusal
+        client_key = params["client_key"]
         grant = params.get("grant_type")
         if grant == "authorization_code":
             return self.exchange_code(client_key, params)
@@ -116,12 +132,30 @@ class TikTokStandIn:
             return self.error("invalid_grant", "Refresh token is invalid or expired.")
         return self.user_tokens(client_key)
 
+    async def revoke(self, request: Request) -> Response:
+        params, refusal = await self.receive(request)
+        if refusal is not None:
+            return refusal
+        token = params.get("token", "")
+        if token in self.expired or self.access_tokens.get(token) != params["client_key"]:
+            return self.error("invalid_request", "Access token is invalid or expired.")
+        del self.access_tokens[token]
+        self.revoked.append(token)
+        return Response(self.revoke_body, media_type="application/json")
+
+    def issue_access_token(self) -> str:
+        token = f"act.{secrets.token_urlsafe(24)}"
+        self.access_tokens[token] = CLIENT_KEY
+        return token
+
     def user_tokens(self, client_key: str) -> Response:
         refresh_token = f"rft.{secrets.token_urlsafe(24)}"
         self.refresh_tokens[refresh_token] = client_key
+        access_token = f"act.{secrets.token_urlsafe(24)}"
+        self.access_tokens[access_token] = client_key
         return self.tokens(
             {
-                "access_token": f"act.{secrets.token_urlsafe(24)}",
+                "access_token": access_token,
                 "expires_in": 86400,
                 "open_id": "afd97af1-b87b-48b9-ac98-410aghda5344",
                 "refresh_expires_in": 31536000,
@@ -146,6 +180,7 @@ class TikTokStandIn:
         return Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
+                Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route("/{path:path}", janus, methods=["GET", "POST"]),
             ]
         )
