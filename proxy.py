@@ -14,6 +14,7 @@ logging, routes, the app, the CLI.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -29,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
-import anyio
-import httpx
 import uvicorn
 from dotenv import find_dotenv, load_dotenv
 from starlette.applications import Starlette
@@ -38,6 +37,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from upstream import ConnectFailed, UpstreamClient, UpstreamError
 
 log = logging.getLogger("tiktok_proxy")
 
@@ -356,7 +357,7 @@ def tiktok_revoke_form(params: Mapping[str, str], client_key: str, client_secret
 # ------------------------------------------------------------------------------ the upstream call
 
 MAX_UPSTREAM_BYTES = 1024 * 1024
-# Quirk Q3: exactly one Content-Type, with no charset suffix. Identity encoding keeps the size cap honest.
+# Quirk Q3: exactly one Content-Type, with no charset suffix. Identity: the client does not decompress.
 UPSTREAM_HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "Accept": "application/json",
@@ -375,54 +376,27 @@ class UpstreamReply:
     retry_after: str | None
 
 
-def new_http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The one pooled client, shared by every request. retries=1 retries a failed *connect* only."""
-    return httpx.AsyncClient(
-        transport=transport or httpx.AsyncHTTPTransport(retries=1),
-        timeout=httpx.Timeout(settings.timeout),
-        follow_redirects=False,  # a redirect would re-send the client secret somewhere else
-        trust_env=False,  # talk to the configured URL only: no proxy variables, no .netrc credentials
-    )
-
-
-async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
+async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
     """POST a form within one total deadline. Never retried once sent: authorization codes are single-use."""
-    request = client.build_request("POST", url, content=urlencode(form).encode(), headers=UPSTREAM_HEADERS)
     try:
-        # httpx's timeouts are per phase and per chunk; this bounds the whole exchange, however it drips.
-        with anyio.fail_after(timeout):
-            response = await client.send(request, stream=True)
-            try:
-                body = await _read_capped(response)
-            finally:
-                await response.aclose()
-    except (TimeoutError, httpx.TimeoutException):
+        # One deadline for the whole exchange, however slowly TikTok drips its answer.
+        async with asyncio.timeout(timeout):
+            answer = await client.post(url, urlencode(form).encode(), UPSTREAM_HEADERS)
+    except TimeoutError:
         raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
-    except httpx.ConnectError:
-        raise OAuthError(502, "server_error", f"could not connect to TikTok ({request.url.host})") from None
-    except httpx.TransportError as exc:
-        raise OAuthError(502, "server_error", f"the connection to TikTok failed ({type(exc).__name__})") from None
+    except ConnectFailed as exc:
+        raise OAuthError(502, "server_error", f"TikTok is unreachable: {exc}") from None
+    except UpstreamError as exc:
+        raise OAuthError(502, "server_error", f"the exchange with TikTok failed: {exc}") from None
+    except OSError as exc:
+        raise OAuthError(502, "server_error", f"the exchange with TikTok failed ({type(exc).__name__})") from None
     return UpstreamReply(
         url=url,
-        status=response.status_code,
-        body=body,
-        log_id=response.headers.get("x-tt-logid"),
-        retry_after=response.headers.get("retry-after"),
+        status=answer.status,
+        body=answer.body,
+        log_id=answer.headers.get("x-tt-logid"),
+        retry_after=answer.headers.get("retry-after"),
     )
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    too_large = OAuthError(502, "server_error", f"TikTok's answer is over {MAX_UPSTREAM_BYTES} bytes")
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPSTREAM_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_UPSTREAM_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # ------------------------------------------------------------------------ response normalization
@@ -599,7 +573,7 @@ def logfmt(**fields: Any) -> str:
         if value is None:
             value = "-"
         text = str(value)[:200]
-        if not re.fullmatch(r"[A-Za-z0-9_.:/@+-]+", text):
+        if not re.fullmatch(r"[A-Za-z0-9_.,:/@+-]+", text):
             text = json.dumps(text)
         out.append(f"{key}={text}")
     return " ".join(out)
@@ -645,12 +619,14 @@ async def relay(request: Request, to: Relay) -> Response:
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
     try:
         params = parse_params(request.headers.get("content-type", ""), await read_body(request))
+        if log.isEnabledFor(logging.DEBUG):  # names only: what the client sent, never a value
+            log.debug(logfmt(event=f"{to.event}_request", params=",".join(sorted(params)), basic_auth="authorization" in request.headers))
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
         check_allowed(settings, client_key)
         form = to.build_form(params, client_key, client_secret)
         fields["grant"] = form.get("grant_type")
-        reply = await post_form(request.state.http_client, to.url(settings), form, settings.timeout)
+        reply = await post_form(request.state.upstream, to.url(settings), form, settings.timeout)
         fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
         response: Response = JSONResponse(to.answer(reply, form), headers=NO_STORE)
         outcome = "ok"
@@ -726,8 +702,8 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 # --------------------------------------------------------------------------------------------- app
 
 
-def create_app(settings: Settings | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The ASGI app. `transport` lets unit tests script TikTok without a network."""
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app."""
     settings = settings or settings_or_exit()
 
     @contextlib.asynccontextmanager
@@ -735,8 +711,11 @@ def create_app(settings: Settings | None = None, transport: httpx.AsyncBaseTrans
         log.setLevel(settings.log_level)
         if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
             logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        async with new_http_client(settings, transport) as client:
-            yield {"http_client": client}
+        client = UpstreamClient(max_body=MAX_UPSTREAM_BYTES)
+        try:
+            yield {"upstream": client}
+        finally:
+            await client.aclose()
 
     app = Starlette(
         routes=[

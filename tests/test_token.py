@@ -321,7 +321,7 @@ def test_a_slow_tiktok_hits_the_total_deadline(client: httpx.Client, tiktok: Tik
 def test_connection_refused_is_502(proxy_with) -> None:  # type: ignore[no-untyped-def]
     client = proxy_with(token_url=f"http://127.0.0.1:{free_port()}/v2/oauth/token/")
     body = assert_oauth_error(client.post("/proxy/token", data=code_grant("any")), 502, "server_error")
-    assert body["error_description"] == "could not connect to TikTok (127.0.0.1)"
+    assert body["error_description"] == "TikTok is unreachable: could not connect to 127.0.0.1 (Connection refused)"
     assert client.get("/healthz").status_code == 200
 
 
