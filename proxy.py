@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -717,16 +718,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await client.aclose()
 
+    routes = [
+        Route(path, endpoint, methods=[method])
+        for base, endpoint, method in [
+            ("/proxy/token", token_endpoint, "POST"),
+            ("/proxy/revoke", revoke_endpoint, "POST"),
+            ("/proxy/authorize", authorize_endpoint, "GET"),
+        ]
+        for path in (base, base + "/")  # TikTok's own URLs end in '/', so users may paste ours that way too
+    ]
     app = Starlette(
-        routes=[
-            Route("/proxy/token", token_endpoint, methods=["POST"]),
-            Route("/proxy/revoke", revoke_endpoint, methods=["POST"]),
-            Route("/proxy/authorize", authorize_endpoint, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ],
+        routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a 307 would make the client re-send its secret; answer or 404
     app.state.settings = settings
     return app
 
@@ -749,6 +755,8 @@ def main(argv: list[str] | None = None) -> None:
         workers=settings.workers,
         log_config=logging_config(settings.log_level),
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
+        # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
+        timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,
         server_header=False,
         proxy_headers=False,
     )

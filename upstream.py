@@ -54,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.parser = httptools.HttpResponseParser(self)
         self.answer: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_message_begin()
 
     async def exchange(self, request: bytes) -> Answer:
@@ -87,6 +88,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if not self.closed.done():
+            self.closed.set_result(None)
         if self.headers_done and not self.framed:  # a body delimited by the end of the connection
             self._settle()
         else:
@@ -156,10 +159,13 @@ class UpstreamClient:
         return answer
 
     async def aclose(self) -> None:
-        for connections in self.idle.values():
-            for connection in connections:
-                connection.close()
+        """Close the idle connections and wait until the sockets are released."""
+        connections = [connection for pool in self.idle.values() for connection in pool]
         self.idle.clear()
+        for connection in connections:
+            connection.close()
+        if connections:
+            await asyncio.wait([connection.closed for connection in connections], timeout=1)
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
         connections = self.idle.get(origin)

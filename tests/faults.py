@@ -56,6 +56,7 @@ class FaultyUpstream:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+        await asyncio.sleep(0.05)  # closed transports release their sockets on a later loop turn
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -113,6 +114,16 @@ def answer_then_hang_up(status: int, body: bytes) -> Behaviour:
 def interim_then(status: int, body: bytes) -> Behaviour:
     async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await answer(status, body)(reader, writer)
+
+    return behave
+
+
+def slowly(seconds: float, status: int, body: bytes) -> Behaviour:
+    """A correct answer that takes a while, well within the deadline."""
+
+    async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(seconds)
         await answer(status, body)(reader, writer)
 
     return behave

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from faults import (
     interim_then,
     never_answer,
     reset_mid_body,
+    slowly,
 )
 from test_token import assert_oauth_error
 
@@ -179,9 +181,51 @@ def test_memory_and_connections_return_to_baseline_after_faults(upstream: Faulty
             with ThreadPoolExecutor(16) as pool:
                 assert set(pool.map(exchange, range(200))) == {200}
             time.sleep(0.2)
-            # A few pooled keep-alive connections may differ; nothing piles up.
-            assert open_fds(process.pid) <= fds + 4
+            # The pool may hold a different number of keep-alive connections (at most one per concurrent
+            # exchange: 16); a leak would add one per failed exchange (160).
+            assert open_fds(process.pid) <= fds + 16
             assert rss_kib(process.pid) < rss + 16 * 1024
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: FaultyUpstream, tmp_path: Path) -> None:
+    upstream.behaviour = slowly(1.0, 200, TOKEN)
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "TIKTOK_TOKEN_URL": upstream.url, "TIKTOK_TIMEOUT": "5"}
+    script = Path(__file__).resolve().parent.parent / "proxy.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--port", str(port)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "proxy did not start"
+                time.sleep(0.05)
+
+        def exchange(_: int) -> httpx.Response:
+            return httpx.post(base + "/proxy/token", data=GRANT, timeout=10)
+
+        with ThreadPoolExecutor(8) as pool:
+            in_flight = [pool.submit(exchange, n) for n in range(8)]
+            time.sleep(0.4)  # all eight are now waiting on TikTok
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            with pytest.raises(httpx.ConnectError):  # a new exchange is refused at once, not half-served
+                httpx.post(base + "/proxy/token", data=GRANT, timeout=2)
+            answers = [future.result() for future in in_flight]
+        assert [answer.status_code for answer in answers] == [200] * 8
+        assert all(answer.json()["access_token"] == "act.fault" for answer in answers)
+        _, log = process.communicate(timeout=15)
+        assert process.returncode in (0, -signal.SIGTERM)
+        assert "Traceback" not in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

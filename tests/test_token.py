@@ -79,6 +79,11 @@ def test_code_verifier_is_passed_through_untouched(client: httpx.Client, tiktok:
     assert tiktok.seen[0].form["code_verifier"] == [VERIFIER]
 
 
+def test_the_token_url_works_with_a_trailing_slash(client: httpx.Client, tiktok: TikTokStandIn) -> None:
+    response = client.post("/proxy/token/", data=code_grant(tiktok.issue_code()))
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     "how",
     ["form-body", "json-body", "client_key-synonym", "basic-auth", "basic-auth-with-client_id-in-body"],
@@ -423,7 +428,10 @@ def test_healthz(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/proxy/token", 405), ("PUT", "/proxy/token", 405), ("POST", "/healthz", 405), ("GET", "/nope", 404), ("GET", "/", 404)],
+    [
+        ("GET", "/proxy/token", 405), ("PUT", "/proxy/token", 405), ("POST", "/healthz", 405), ("GET", "/nope", 404),
+        ("GET", "/", 404), ("POST", "/proxy/token//", 404), ("GET", "/healthz/", 404),
+    ],
 )
 def test_unknown_routes_and_methods_answer_json(client: httpx.Client, method: str, path: str, status: int) -> None:
     response = client.request(method, path)

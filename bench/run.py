@@ -1,0 +1,209 @@
+"""Benchmark the proxy against the same upstream called directly, in one run.
+
+    apt-get install -y nginx wrk              # once
+    .venv/bin/python bench/run.py             # about 2 minutes
+    .venv/bin/python bench/run.py --variants  # also the rejected designs (pip install -r bench/requirements.txt)
+    .venv/bin/python bench/run.py --soak 1000000   # memory over a million exchanges
+
+It starts nginx as a fast TikTok stand-in (a fixed v2 token answer) and as a plain `proxy_pass` hop in front
+of it (the cost floor of one HTTP hop on this machine), starts the proxy (`python proxy.py`, one worker)
+pointed at the stand-in, and drives each with wrk: a form-encoded POST like Auth0's, at 1, 32 and 128
+connections. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAND_IN_PORT, NGINX_HOP_PORT, PROXY_PORT = 18080, 18081, 18082
+TOKEN_JSON = (
+    '{"access_token":"act.bench","expires_in":86400,"open_id":"afd97af1-b87b-48b9-ac98-410aghda5344",'
+    '"refresh_expires_in":31536000,"refresh_token":"rft.bench","scope":"user.info.basic","token_type":"Bearer"}'
+)
+FORM = (
+    "grant_type=authorization_code&client_id=aw1benchkey&client_secret=bench-secret&code=bench-code"
+    "&redirect_uri=https%3A%2F%2Ftenant.example.auth0.com%2Flogin%2Fcallback"
+)
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{stand_in};
+    location / {{ default_type application/json; return 200 '{token}'; }}
+  }}
+  upstream stand_in {{ server 127.0.0.1:{stand_in}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{hop};
+    location / {{ proxy_pass http://stand_in; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+WRK_SCRIPT = f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.body = "{FORM}"
+"""
+
+
+def wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=FORM.encode()), timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: nothing answered at {url}")
+
+
+def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def latency(percentile: str) -> float:
+        value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def start_proxy(command: list[str]) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TIKTOK_TOKEN_URL": f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/",
+        "LOG_LEVEL": "WARNING",  # one INFO line per exchange is the default; the benchmark measures the proxy, not the terminal
+        "WEB_CONCURRENCY": "1",
+    }
+    process = subprocess.Popen(command, env=env, cwd=REPO)
+    wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token")
+    return process
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement (default 10)")
+    parser.add_argument("--connections", default="1,32,128", help="comma-separated (default 1,32,128)")
+    parser.add_argument("--variants", action="store_true", help="also measure the proxy on httpx, httpx2 and aiohttp")
+    parser.add_argument("--soak", type=int, metavar="N", help="instead: N exchanges at 32 connections, sampling RSS")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"bench: {tool} is missing; apt-get install -y nginx wrk")
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        (work / "nginx.conf").write_text(
+            NGINX_CONF.format(dir=work, stand_in=STAND_IN_PORT, hop=NGINX_HOP_PORT, token=TOKEN_JSON)
+        )
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+        proxies: list[subprocess.Popen[bytes]] = []
+        try:
+            wait_until_up(f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/")
+            proxy_command = [sys.executable, "proxy.py", "--port", str(PROXY_PORT)]
+            if args.soak:
+                proxies.append(start_proxy(proxy_command))
+                soak(proxies[0].pid, args.soak, script)
+                return
+            print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
+                  f"{cpu_model()}, Python {platform.python_version()}, wrk -t1, {args.seconds}s per row")  # fmt: skip
+            print(f"{'target':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+            targets = [
+                ("stand-in, direct", f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/", None),
+                ("nginx proxy_pass to stand-in", f"http://127.0.0.1:{NGINX_HOP_PORT}/v2/oauth/token/", None),
+                ("tiktok proxy (upstream.py)", f"http://127.0.0.1:{PROXY_PORT}/proxy/token", proxy_command),
+            ]
+            if args.variants:
+                for variant in ("httpx", "httpx2", "aiohttp"):
+                    command = [sys.executable, "bench/variants.py", variant, str(PROXY_PORT)]
+                    targets.append((f"proxy on {variant}", f"http://127.0.0.1:{PROXY_PORT}/proxy/token", command))
+            results: dict[tuple[str, int], dict[str, float]] = {}
+            for name, url, command in targets:
+                process = start_proxy(command) if command else None
+                for connections in (int(c) for c in args.connections.split(",")):
+                    result = wrk(url, connections, args.seconds, script)
+                    results[name, connections] = result
+                    print(f"{name:<34}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}"
+                          f"{result['p99']:>9.2f}{result['errors']:>8.0f}", flush=True)  # fmt: skip
+                if process:
+                    print(f"{'':<34}peak RSS {peak_rss_mib(process.pid):.1f} MiB")
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(15)
+            direct, proxied = results.get(("stand-in, direct", 1)), results.get(("tiktok proxy (upstream.py)", 1))
+            if direct and proxied:
+                print(f"added latency at 1 connection (p50): {proxied['p50'] - direct['p50']:.2f} ms")
+        finally:
+            for process in proxies:
+                process.terminate()
+            nginx.terminate()
+            nginx.wait(10)
+
+
+def soak(pid: int, exchanges: int, script: Path) -> None:
+    """Drive N exchanges in 20 slices, printing RSS after each: flat means no leak."""
+    url = f"http://127.0.0.1:{PROXY_PORT}/proxy/token"
+    done, started = 0, time.monotonic()
+    print(f"{'exchanges':>12}{'req/s':>10}{'RSS MiB':>10}")
+    print(f"{0:>12}{'':>10}{rss_mib(pid):>10.1f}")
+    rate = wrk(url, 32, 2, script)["rps"]  # calibrate slice length
+    while done < exchanges:
+        seconds = max(1, round(exchanges / 20 / rate))
+        result = wrk(url, 32, seconds, script)
+        done += int(result["rps"] * seconds)
+        rate = result["rps"]
+        if result["errors"]:
+            print(f"errors: {result['errors']:.0f}")
+        print(f"{done:>12}{result['rps']:>10.0f}{rss_mib(pid):>10.1f}", flush=True)
+    print(f"peak RSS {peak_rss_mib(pid):.1f} MiB, {time.monotonic() - started:.0f} s")
+
+
+def cpu_model() -> str:
+    try:
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        return match.group(1).strip() if match else "unknown CPU"
+    except OSError:
+        return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Property-based fuzzing of every route with hostile input, over real sockets.
+
+FUZZ_EXAMPLES sets the examples per test (default 150, which keeps CI fast); try FUZZ_EXAMPLES=5000 for a
+long run. The invariants: every answer is well-formed JSON with `error` and `error_description` (or a token,
+or the authorize redirect), its status is one the README documents, nothing secret is echoed or logged, log
+lines cannot be forged, TikTok is never called for a request the proxy refused, and the server stays up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ServerThread
+from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+DOCUMENTED_STATUSES = {200, 302, 400, 401, 404, 405, 413, 429, 502, 503, 504}
+SECRET_PARAMS = ("client_secret", "code", "code_verifier", "refresh_token", "token")
+NAMES = st.sampled_from(
+    ["grant_type", "client_id", "client_key", "client_secret", "code", "redirect_uri", "code_verifier",
+     "refresh_token", "token", "scope", "state"]
+) | st.text(max_size=12)  # fmt: skip
+VALUES = (
+    st.text(max_size=40)
+    | st.sampled_from(["authorization_code", "refresh_token", "client_credentials", "password", CLIENT_KEY, CLIENT_SECRET, ""])
+    | st.just("v" * 70_000)  # past the body limit
+    | st.text(alphabet="\r\n\x00\t%&=+;", max_size=8)
+)
+PAIRS = st.lists(st.tuples(NAMES, VALUES), max_size=8)  # repeats happen naturally
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[bytes, list[tuple[str, str]]]:
+    """A raw body, and the pairs it was built from (for the secret checks)."""
+    pairs = draw(PAIRS)
+    kind = draw(st.sampled_from(["form", "json", "json-any", "bytes", "broken-utf8"]))
+    if kind == "form":
+        return "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode(), pairs
+    if kind == "json":
+        return json.dumps(dict(pairs)).encode(), pairs
+    if kind == "json-any":
+        return json.dumps(draw(JSON_VALUES)).encode(), []
+    if kind == "broken-utf8":
+        return b"grant_type=authorization_code&code=\xff\xfe%ff&client_id=" + draw(st.binary(max_size=20)), []
+    return draw(st.binary(max_size=200)), []
+
+
+CONTENT_TYPES = st.sampled_from(
+    [None, "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8", "application/json",
+     "APPLICATION/JSON", "text/plain", "multipart/form-data; boundary=x", "application/xml", "", ";;;", "*/*"]
+)  # fmt: skip
+
+
+def basic(key: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{quote(key)}:{quote(secret)}".encode()).decode()
+
+
+AUTHORIZATIONS = (
+    st.none()
+    | st.builds(basic, VALUES, VALUES)
+    | st.builds(lambda raw: "Basic " + base64.b64encode(raw).decode(), st.binary(min_size=1, max_size=30))
+    # Header values as HTTP allows them (visible ASCII); anything else is refused by uvicorn before the app.
+    | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30).map(lambda t: "Basic " + t)
+    | st.sampled_from(["Bearer abc", "Basic", "basic Og==", "Digest x"])
+)
+
+
+def check_answer(response: httpx.Response, secrets: list[str]) -> dict[str, object] | None:
+    assert response.status_code in DOCUMENTED_STATUSES, (response.status_code, response.text)
+    for value in secrets:
+        assert value not in response.text
+        assert value not in response.headers.get("location", "")
+    if response.status_code == 302:
+        assert urlsplit(response.headers["location"]).netloc == "www.tiktok.com"
+        return None
+    if response.request.method == "HEAD":
+        return None
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    if response.status_code >= 400:
+        assert isinstance(body["error"], str) and body["error"]
+        assert isinstance(body["error_description"], str) and body["error_description"]
+    return body
+
+
+def sensitive(pairs: list[tuple[str, str]]) -> list[str]:
+    """Secret values long enough that finding one in an answer cannot be chance."""
+    return [value for name, value in pairs if name in SECRET_PARAMS and len(value) >= 12]
+
+
+def check_logs(caplog: pytest.LogCaptureFixture, secrets: list[str]) -> None:
+    for record in caplog.records:
+        line = record.getMessage()
+        assert "\n" not in line and "\r" not in line, line  # one record, one line: nothing forged
+        for value in secrets:
+            assert value not in line
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(["/proxy/token", "/proxy/revoke"]),
+    body=bodies(),
+    content_type=CONTENT_TYPES,
+    authorization=AUTHORIZATIONS,
+)
+def test_hostile_posts(
+    client: httpx.Client,
+    tiktok: TikTokStandIn,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+    body: tuple[bytes, list[tuple[str, str]]],
+    content_type: str | None,
+    authorization: str | None,
+) -> None:
+    raw, pairs = body
+    tiktok.seen.clear()
+    caplog.clear()
+    headers = {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(route, content=raw, headers=headers)
+    secrets = sensitive(pairs)
+    answer = check_answer(response, secrets)
+    check_logs(caplog, secrets)
+    assert answer is not None
+    if response.status_code == 200 and route == "/proxy/token":
+        assert isinstance(answer["access_token"], str) and answer["token_type"] == "Bearer"
+    if response.status_code >= 400 and "log_id" not in answer:  # refused by the proxy itself
+        assert tiktok.seen == [], "TikTok was called for a request the proxy refused"
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND"]),
+    path=st.sampled_from(["/proxy/token", "/proxy/revoke", "/proxy/authorize", "/healthz", "/", "/proxy/token/", "/PROXY/TOKEN"])
+    | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"), max_size=20).map(lambda p: "/" + p),
+    query=st.lists(st.tuples(NAMES, VALUES.filter(lambda v: len(v) < 1000)), max_size=6),
+)
+def test_any_method_path_and_query(
+    client: httpx.Client, tiktok: TikTokStandIn, method: str, path: str, query: list[tuple[str, str]]
+) -> None:
+    tiktok.seen.clear()
+    response = client.request(method, path, params=query)
+    check_answer(response, [])
+    assert response.status_code != 500
+
+
+def test_the_server_is_still_up_after_the_fuzzing(client: httpx.Client, proxy_server: ServerThread) -> None:
+    assert proxy_server.thread.is_alive()
+    assert client.get("/healthz").status_code == 200
+
+
+def test_crlf_in_a_logged_value_cannot_forge_a_log_line(client: httpx.Client, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "aw1\r\n2026-11-22 00:00:00,000 INFO tiktok_proxy event=token outcome=ok client_key=admin"
+    with caplog.at_level(logging.DEBUG):
+        client.post("/proxy/token", data={"grant_type": "client_credentials", "client_id": forged, "client_secret": "x" * 16})
+        client.get("/proxy/authorize", params={"client_id": forged})
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("tiktok_proxy")]
+    assert len(lines) >= 2
+    assert all("\n" not in line and "\r" not in line for line in lines)
+    assert any('client_key="aw1\\r\\n2026-11-22' in line for line in lines)
