@@ -737,16 +737,46 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """`proxy:app` for uvicorn, built on first use: importing this module reads no configuration."""
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="TikTok token proxy for Auth0 custom social connections.")
+    parser = argparse.ArgumentParser(
+        description="TikTok token proxy for Auth0 custom social connections. With no command, it serves."
+    )
     parser.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT, or 3333)")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    setup = commands.add_parser("setup-auth0", help="create or update the Auth0 connection through the Management API")
+    setup.add_argument("--dry-run", action="store_true", help="show the changes without writing them")
+    setup.add_argument("--use-proxy-authorize", action="store_true", help="Authorization URL: PUBLIC_URL/proxy/authorize")
+    setup.add_argument("--app", action="append", metavar="CLIENT_ID", help="enable the connection for this Auth0 application")
+    doctor = commands.add_parser("doctor", help="check the proxy, the tunnel and the Auth0 connection")
+    revoke = commands.add_parser("revoke-user", help="revoke an Auth0 user's TikTok grant (account deletion)")
+    revoke.add_argument("user_id", help="the Auth0 user id, e.g. oauth2|tiktok|<open_id>")
+    revoke.add_argument("--delete-user", action="store_true", help="then delete the Auth0 user, once the revoke worked")
+    revoke.add_argument("--force", action="store_true", help="with --delete-user: delete even if the revoke failed")
+    for command in (setup, doctor, revoke):
+        command.add_argument("--domain", help="Auth0 domain (default: AUTH0_DOMAIN)")
+        command.add_argument("--connection", help="connection name (default: AUTH0_CONNECTION_NAME, or tiktok)")
+    for command in (setup, doctor):
+        command.add_argument("--public-url", help="where Auth0 reaches the proxy (default: PUBLIC_URL)")
     args = parser.parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+    if args.command:
+        import auth0_admin  # the Auth0 tooling; the server never loads it
+
+        raise SystemExit(auth0_admin.run_command(args))
+
     settings = settings_or_exit()
     uvicorn.run(
         "proxy:app",
