@@ -1,0 +1,359 @@
+"""setup-auth0, doctor and revoke-user against local stand-ins of Auth0's Management API and of TikTok."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+import auth0_admin
+import proxy
+from auth0_stand_in import ALL_SCOPES, MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
+from conftest import ServerThread, free_port
+from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLIC_URL = "https://proxy.example.ngrok-free.app"
+SCRIPT = (REPO / "auth0" / "fetch-user-profile.js").read_text()
+
+
+@pytest.fixture(scope="module")
+def auth0_server() -> Iterator[tuple[Auth0StandIn, ServerThread]]:
+    stand_in = Auth0StandIn()
+    with ServerThread(stand_in.app()) as server:
+        yield stand_in, server
+
+
+@pytest.fixture
+def auth0(auth0_server: tuple[Auth0StandIn, ServerThread]) -> Auth0StandIn:
+    stand_in, _ = auth0_server
+    stand_in.__init__()  # type: ignore[misc]  # a clean tenant for every test
+    return stand_in
+
+
+@pytest.fixture
+def env(auth0_server: tuple[Auth0StandIn, ServerThread], stand_in_server: tuple[TikTokStandIn, ServerThread]) -> dict[str, str]:
+    _, auth0_http = auth0_server
+    _, tiktok_http = stand_in_server
+    return {
+        "PATH": os.environ["PATH"],
+        "AUTH0_DOMAIN": auth0_http.url,
+        "AUTH0_MGMT_CLIENT_ID": MGMT_CLIENT_ID,
+        "AUTH0_MGMT_CLIENT_SECRET": MGMT_CLIENT_SECRET,
+        "TIKTOK_CLIENT_KEY": CLIENT_KEY,
+        "TIKTOK_CLIENT_SECRET": CLIENT_SECRET,
+        "PUBLIC_URL": PUBLIC_URL,
+        "TIKTOK_TOKEN_URL": tiktok_http.url + TOKEN_PATH,
+        "TIKTOK_REVOKE_URL": tiktok_http.url + REVOKE_PATH,
+    }
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "proxy.py"), *args], env=env, cwd=cwd or REPO / "tests", capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    for secret in (MGMT_CLIENT_SECRET, CLIENT_SECRET):
+        assert secret not in output
+    return result
+
+
+# ----------------------------------------------------------------------------------- setup-auth0
+
+
+def test_setup_creates_the_connection(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    result = cli(env, "setup-auth0", "--app", "app-one")
+    assert result.returncode == 0, result.stderr
+    (connection,) = auth0.connections.values()
+    assert (connection["name"], connection["strategy"]) == ("tiktok", "oauth2")
+    assert connection["options"] == {
+        "authorizationURL": "https://www.tiktok.com/v2/auth/authorize/",
+        "tokenURL": f"{PUBLIC_URL}/proxy/token",
+        "scope": "user.info.basic",
+        "client_id": CLIENT_KEY,
+        "client_secret": CLIENT_SECRET,
+        "upstream_params": {"client_key": {"value": CLIENT_KEY}},
+        "scripts": {"fetchUserProfile": SCRIPT},
+    }
+    assert auth0.enabled[connection["id"]] == {"app-one"}
+    assert "connection tiktok: was created" in result.stdout
+    assert "client_secret: set (hidden)" in result.stdout
+    assert "enable for applications app-one: done" in result.stdout
+
+
+def test_setup_twice_changes_nothing_the_second_time(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    assert cli(env, "setup-auth0", "--app", "app-one").returncode == 0
+    writes = list(auth0.writes)
+    second = cli(env, "setup-auth0", "--app", "app-one")
+    assert second.returncode == 0
+    assert auth0.writes == writes
+    assert "already up to date" in second.stdout and "already enabled for applications app-one" in second.stdout
+
+
+def test_setup_merges_into_existing_options(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    connection_id = auth0.add_connection(
+        "tiktok",
+        {
+            "authorizationURL": "https://www.tiktok.com/auth/authorize/",  # v1, retired
+            "tokenURL": "https://old-proxy.example/token",
+            "scope": "user.info.basic user.info.profile",
+            "client_id": CLIENT_KEY,
+            "client_secret": "old-secret",
+            "customHeaders": {"X-Tenant": "acme"},
+            "upstream_params": {"disable_auto_auth": {"value": "1"}},
+            "scripts": {"fetchUserProfile": "function f() { res.data.user }", "getLogoutUrl": "keep me"},
+        },
+    )
+    env["TIKTOK_SCOPES"] = "user.info.basic user.info.profile"
+    result = cli(env, "setup-auth0", "--use-proxy-authorize")
+    assert result.returncode == 0, result.stderr
+    options = auth0.connections[connection_id]["options"]
+    assert options["customHeaders"] == {"X-Tenant": "acme"}
+    assert options["upstream_params"] == {"disable_auto_auth": {"value": "1"}, "client_key": {"value": CLIENT_KEY}}
+    assert options["scripts"] == {"fetchUserProfile": SCRIPT, "getLogoutUrl": "keep me"}
+    assert options["scope"] == "user.info.basic,user.info.profile"
+    assert options["authorizationURL"] == f"{PUBLIC_URL}/proxy/authorize"
+    assert options["client_secret"] == CLIENT_SECRET
+    assert f'tokenURL: "https://old-proxy.example/token" -> "{PUBLIC_URL}/proxy/token"' in result.stdout
+    assert "client_secret: changed (hidden)" in result.stdout
+    assert "old-secret" not in result.stdout
+
+
+def test_dry_run_writes_nothing(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    result = cli(env, "setup-auth0", "--dry-run")
+    assert result.returncode == 0
+    assert auth0.connections == {} and auth0.writes == []
+    assert "would be created" in result.stdout and "dry run: nothing was written" in result.stdout
+
+
+def test_a_management_token_can_be_given_directly(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    auth0.tokens["given-token"] = set(ALL_SCOPES)
+    del env["AUTH0_MGMT_CLIENT_ID"], env["AUTH0_MGMT_CLIENT_SECRET"]
+    assert cli({**env, "AUTH0_MGMT_TOKEN": "given-token"}, "setup-auth0").returncode == 0
+    assert len(auth0.connections) == 1
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        ("bad-credentials", "(401 Unauthorized): check AUTH0_MGMT_CLIENT_ID and AUTH0_MGMT_CLIENT_SECRET"),
+        ("missing-scope", "(403 Insufficient scope, expected any of: create:connections): grant the Management API app"),
+        ("name-clash", "(409 A connection with the same name already exists)"),
+        ("rate-limited", "(429 rate limit): retry in 7 seconds"),
+        ("auth0-unreachable", "could not reach Auth0 at http://127.0.0.1:"),
+        ("missing-tiktok-secret", "TIKTOK_CLIENT_SECRET is not set"),
+        ("plain-http-public-url", "PUBLIC_URL must be https"),
+        ("not-oauth2", "exists with strategy 'google-oauth2', not oauth2"),
+    ],
+)
+def test_setup_failures_are_one_clear_line(auth0: Auth0StandIn, env: dict[str, str], breakage: str, fragment: str) -> None:
+    if breakage == "bad-credentials":
+        env["AUTH0_MGMT_CLIENT_SECRET"] = "wrong"
+    elif breakage == "missing-scope":
+        auth0.scopes.discard("create:connections")
+    elif breakage == "name-clash":
+        auth0.add_connection("tiktok", {})  # created meanwhile by someone else
+        auth0.listing_lags = True
+    elif breakage == "rate-limited":
+        auth0.rate_limited = True
+    elif breakage == "auth0-unreachable":
+        env["AUTH0_DOMAIN"] = f"http://127.0.0.1:{free_port()}"
+    elif breakage == "missing-tiktok-secret":
+        del env["TIKTOK_CLIENT_SECRET"]
+    elif breakage == "plain-http-public-url":
+        env["PUBLIC_URL"] = "http://proxy.example"
+    elif breakage == "not-oauth2":
+        auth0.add_connection("tiktok", {}, strategy="google-oauth2")
+    result = cli(env, "setup-auth0")
+    assert result.returncode == 1
+    assert result.stderr.startswith("tiktok-token-proxy: ") and result.stderr.count("\n") == 1
+    assert fragment in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------- doctor
+
+
+@pytest.fixture(scope="module")
+def https_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The real proxy app on https://localhost, with a CA the doctor is told to trust (SSL_CERT_FILE)."""
+    ca = trustme.CA()
+    folder = tmp_path_factory.mktemp("public")
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    server = ServerThread(proxy.create_app(proxy.Settings()))
+    server.server.config.ssl_certfile = str(folder / "server.pem")
+    server.server.config.load()
+    with server:
+        yield f"https://localhost:{server.port}", str(folder / "ca.pem")
+
+
+def run_doctor(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[bool, str]:
+    lines: list[str] = []
+    monkeypatch.setenv("SSL_CERT_FILE", env.get("SSL_CERT_FILE", ""))
+    healthy = auth0_admin.doctor(auth0_admin.load_admin_settings(environ=env), lines.append, environ=env)
+    return healthy, "\n".join(lines)
+
+
+@pytest.fixture
+def healthy_tenant(auth0: Auth0StandIn, env: dict[str, str], https_proxy: tuple[str, str]) -> dict[str, str]:
+    url, ca_file = https_proxy
+    env.update(PUBLIC_URL=url, SSL_CERT_FILE=ca_file, ALLOWED_CLIENT_KEYS=CLIENT_KEY)
+    env["TIKTOK_TOKEN_URL"], env["TIKTOK_REVOKE_URL"] = proxy.DEFAULT_TOKEN_URL, proxy.DEFAULT_REVOKE_URL
+    assert cli(env, "setup-auth0", "--app", "app-one").returncode == 0
+    return env
+
+
+def test_doctor_on_a_healthy_setup(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert healthy, report
+    assert "0 problem(s), 0 warning(s)" in report
+    assert "ok       the Token URL points at this proxy" in report
+    assert "ok       register this redirect URI in TikTok's portal: https://127.0.0.1/login/callback" in report
+    # The same from the command line, with its exit status.
+    result = cli(healthy_tenant, "doctor")
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        ("no-connection", "Auth0 has no connection named tiktok"),
+        ("token-url-elsewhere", "the Token URL is https://elsewhere.example/token"),
+        ("v1-authorize-url", "is TikTok's retired v1"),
+        ("no-client-key", "nothing adds client_key to the authorize request"),
+        ("space-separated-scopes", "are space-separated"),
+        ("guide-profile-script", "the one from Auth0's guide, which always fails"),
+        ("no-application", "the connection is enabled for no application"),
+        ("client-key-not-allowed", "not in ALLOWED_CLIENT_KEYS"),
+        ("proxy-unreachable", "nothing healthy answers at https://127.0.0.1:"),
+        ("public-url-http", "is not https"),
+        ("token-url-without-slash", "the proxy's configuration does not load: TIKTOK_TOKEN_URL must end with '/'"),
+        ("redirect-uri-with-query", "breaks TikTok's rules: no query"),
+        ("management-token-refused", "Auth0 refused POST /oauth/token (401 Unauthorized)"),
+    ],
+)
+def test_doctor_finds_each_problem(
+    healthy_tenant: dict[str, str], auth0: Auth0StandIn, monkeypatch: pytest.MonkeyPatch, breakage: str, fragment: str
+) -> None:
+    env = healthy_tenant
+    (connection,) = auth0.connections.values()
+    options = connection["options"]
+    if breakage == "no-connection":
+        auth0.connections.clear()
+    elif breakage == "token-url-elsewhere":
+        options["tokenURL"] = "https://elsewhere.example/token"
+    elif breakage == "v1-authorize-url":
+        options["authorizationURL"] = "https://www.tiktok.com/auth/authorize/"
+    elif breakage == "no-client-key":
+        del options["upstream_params"]
+    elif breakage == "space-separated-scopes":
+        options["scope"] = "user.info.basic user.info.profile"
+    elif breakage == "guide-profile-script":
+        options["scripts"]["fetchUserProfile"] = "function (a, c, cb) { cb(null, {user_id: res.data.user.union_id}) }"
+    elif breakage == "no-application":
+        auth0.enabled[connection["id"]].clear()
+    elif breakage == "client-key-not-allowed":
+        env["ALLOWED_CLIENT_KEYS"] = "some-other-key"
+    elif breakage == "proxy-unreachable":
+        env["PUBLIC_URL"] = f"https://127.0.0.1:{free_port()}"
+    elif breakage == "public-url-http":
+        env["PUBLIC_URL"] = "http://proxy.example"
+    elif breakage == "token-url-without-slash":
+        env["TIKTOK_TOKEN_URL"] = "https://open.tiktokapis.com/v2/oauth/token"
+    elif breakage == "redirect-uri-with-query":
+        env["TIKTOK_REDIRECT_URI"] = "https://login.example.com/login/callback?x=1"
+    elif breakage == "management-token-refused":
+        env["AUTH0_MGMT_CLIENT_SECRET"] = "wrong"
+    healthy, report = run_doctor(env, monkeypatch)
+    assert not healthy
+    assert fragment in report, report
+    assert any(line.startswith("problem") and fragment in line for line in report.splitlines()), report
+
+
+def test_doctor_exits_non_zero_on_a_problem(healthy_tenant: dict[str, str], auth0: Auth0StandIn) -> None:
+    auth0.connections.clear()
+    result = cli(healthy_tenant, "doctor")
+    assert result.returncode == 1
+    assert "problem  Auth0 has no connection named tiktok" in result.stdout
+
+
+# ----------------------------------------------------------------------------------- revoke-user
+
+USER_ID = "oauth2|tiktok|afd97af1-b87b-48b9-ac98-410aghda5344"
+
+
+def tiktok_user(auth0: Auth0StandIn, access_token: str | None, refresh_token: str | None = None) -> None:
+    identity = {"provider": "oauth2", "connection": "tiktok", "user_id": "tiktok|afd97af1-b87b-48b9-ac98-410aghda5344"}
+    identity.update({k: v for k, v in (("access_token", access_token), ("refresh_token", refresh_token)) if v})
+    auth0.users[USER_ID] = {"user_id": USER_ID, "identities": [identity]}
+
+
+def test_revoke_user(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]) -> None:
+    token = tiktok.issue_access_token()
+    tiktok_user(auth0, token)
+    result = cli(env, "revoke-user", USER_ID)
+    assert result.returncode == 0, result.stderr
+    assert tiktok.revoked == [token]
+    assert USER_ID in auth0.users  # not deleted without --delete-user
+    assert "revoked: the app no longer appears" in result.stdout
+    assert token not in result.stdout + result.stderr
+
+
+def test_an_expired_access_token_is_refreshed_then_revoked(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]) -> None:
+    stale, refresh = tiktok.issue_access_token(), tiktok.issue_refresh_token()
+    tiktok.expired.add(stale)
+    tiktok_user(auth0, stale, refresh)
+    result = cli(env, "revoke-user", USER_ID, "--delete-user")
+    assert result.returncode == 0, result.stderr
+    (fresh,) = tiktok.revoked
+    assert fresh not in (stale, refresh)
+    assert "refreshed the access token and revoked the fresh one" in result.stdout
+    assert f"deleted Auth0 user {USER_ID}" in result.stdout
+    assert USER_ID not in auth0.users
+    for value in (stale, refresh, fresh):
+        assert value not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        ("no-tiktok-identity", f"user {USER_ID} has no identity from the tiktok connection"),
+        ("missing-read-users", "(403 Insufficient scope, expected any of: read:users)"),
+        ("missing-idp-token-scope", "grant the Management API app read:user_idp_tokens"),
+        ("tiktok-refuses", "the revoke failed: 400 invalid_request: Access token is invalid or expired."),
+    ],
+)
+def test_revoke_user_failures(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str], breakage: str, fragment: str) -> None:
+    tiktok_user(auth0, tiktok.issue_access_token())
+    if breakage == "no-tiktok-identity":
+        auth0.users[USER_ID]["identities"][0]["connection"] = "google-oauth2"
+    elif breakage == "missing-read-users":
+        auth0.scopes.discard("read:users")
+    elif breakage == "missing-idp-token-scope":
+        auth0.scopes.discard("read:user_idp_tokens")
+    elif breakage == "tiktok-refuses":
+        tiktok_user(auth0, "act.unknown-and-no-refresh-token")
+    result = cli(env, "revoke-user", USER_ID, "--delete-user")
+    assert result.returncode == 1
+    assert fragment in result.stderr, result.stderr
+    assert USER_ID in auth0.users  # never deleted when the revoke did not happen
+
+
+def test_delete_waits_for_the_revoke_unless_forced(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]) -> None:
+    tiktok_user(auth0, tiktok.issue_access_token())
+    env["TIKTOK_REVOKE_URL"] = f"http://127.0.0.1:{free_port()}/v2/oauth/revoke/"  # TikTok unreachable
+    refused = cli(env, "revoke-user", USER_ID, "--delete-user")
+    assert refused.returncode == 1
+    assert "TikTok is unreachable" in refused.stderr and "--force deletes anyway" in refused.stderr
+    assert USER_ID in auth0.users and "DELETE /api/v2/users/{id}" not in auth0.writes
+
+    forced = cli(env, "revoke-user", USER_ID, "--delete-user", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "deleting anyway (--force)" in forced.stdout
+    assert USER_ID not in auth0.users
