@@ -254,7 +254,7 @@ def parse_query(query: str) -> list[tuple[str, str]]:
     try:
         return parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
     except ValueError:  # too many fields, or percent-escapes that are not UTF-8
-        raise invalid_request("the parameters are not valid UTF-8 form encoding") from None
+        raise invalid_request(f"the parameters are not valid UTF-8 form encoding, or more than {MAX_FIELDS}") from None
 
 
 def _form_pairs(body: bytes) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,4 +140,37 @@ def test_sigterm_stops_the_proxy_cleanly(running_proxy: RunningProxy) -> None:
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status says why it stopped.
     assert running_proxy.process.returncode in (0, -signal.SIGTERM)
     assert "Finished server process" in log
+    assert "Traceback" not in log
+
+
+def test_several_workers_serve_the_same_exchanges(stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, tmp_path: Path) -> None:
+    _, tiktok_server = stand_in_server
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
+        env=clean_env(WEB_CONCURRENCY="2", TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningProxy(process, port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(running.url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "proxy did not start"
+                time.sleep(0.1)
+        credentials = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI}
+        for _ in range(20):  # a fresh connection each time, so both workers get some
+            code = tiktok.issue_code()
+            response = httpx.post(running.url + "/proxy/token", data={"grant_type": "authorization_code", "code": code, **credentials})
+            assert response.status_code == 200, response.text
+    finally:
+        log = running.stop()
+    assert log.count("event=token outcome=ok") == 20
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log
     assert "Traceback" not in log
