@@ -110,10 +110,11 @@ def start_proxy(command: list[str]) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TIKTOK_TOKEN_URL": f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/",
-        "LOG_LEVEL": "WARNING",  # one INFO line per exchange is the default; the benchmark measures the proxy, not the terminal
+        "LOG_LEVEL": "INFO",  # the default: one log line per exchange, written to a file as a platform would
         "WEB_CONCURRENCY": "1",
     }
-    process = subprocess.Popen(command, env=env, cwd=REPO)
+    log = open(Path(tempfile.gettempdir()) / "tiktok-proxy-bench.log", "w")  # noqa: SIM115  # closed with the process
+    process = subprocess.Popen(command, env=env, cwd=REPO, stderr=log)
     wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token")
     return process
 

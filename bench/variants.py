@@ -57,4 +57,5 @@ def install(variant: str) -> None:
 if __name__ == "__main__":
     variant, port = sys.argv[1], int(sys.argv[2])
     install(variant)
-    uvicorn.run(proxy.create_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # The same logging as `python proxy.py`, so every variant pays for its log line per exchange.
+    uvicorn.run(proxy.create_app(), host="127.0.0.1", port=port, log_config=proxy.logging_config("INFO"), access_log=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 import uvicorn
 
 import proxy
+
 from tiktok_stand_in import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
@@ -48,6 +50,22 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(10)
         self.socket.close()
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen[str], seconds: float = 30) -> None:
+    """Wait for a proxy started as its own process to answer /healthz; fail with its output if it died."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(base_url + "/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            output = process.communicate()
+            raise RuntimeError(f"proxy did not start: {output}")
+        time.sleep(0.05)
 
 
 def free_port() -> int:

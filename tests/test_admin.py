@@ -13,6 +13,7 @@ import trustme
 
 import auth0_admin
 import proxy
+
 from auth0_stand_in import ALL_SCOPES, MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from conftest import ServerThread, free_port
 from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, TikTokStandIn

@@ -7,14 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ServerThread, free_port
+from conftest import ServerThread, free_port, wait_until_healthy
 from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,17 +73,7 @@ def running_proxy(stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path:
         text=True,
     )
     running = RunningProxy(process, port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(running.url + "/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("proxy did not start:\n" + (process.communicate()[0] or ""))
-        time.sleep(0.05)
+    wait_until_healthy(running.url, process)
     yield running
     if process.poll() is None:
         process.kill()
@@ -156,14 +145,7 @@ def test_several_workers_serve_the_same_exchanges(stand_in_server: tuple[TikTokS
     )
     running = RunningProxy(process, port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(running.url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None, "proxy did not start"
-                time.sleep(0.1)
+        wait_until_healthy(running.url, process)
         credentials = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI}
         for _ in range(20):  # a fresh connection each time, so both workers get some
             code = tiktok.issue_code()

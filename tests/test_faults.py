@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 import proxy
-from conftest import PROXY_TIMEOUT, ServerThread, free_port, timer
+
+from conftest import PROXY_TIMEOUT, ServerThread, free_port, timer, wait_until_healthy
 from faults import (
     TOKEN,
     FaultyUpstream,
@@ -152,39 +153,31 @@ def test_memory_and_connections_return_to_baseline_after_faults(upstream: Faulty
     script = Path(__file__).resolve().parent.parent / "proxy.py"
     process = subprocess.Popen([sys.executable, str(script), "--port", str(port)], env=env, cwd=tmp_path)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "proxy did not start"
-                    time.sleep(0.05)
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)
 
-            def exchange(_: int) -> int:
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as own:
-                    return own.post("/proxy/token", data=GRANT).status_code
+        def exchange(_: int) -> int:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as own:
+                return own.post("/proxy/token", data=GRANT).status_code
 
-            upstream.behaviour = answer(200, TOKEN)
+        upstream.behaviour = answer(200, TOKEN)
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(exchange, range(200))) == {200}
+        fds, rss = open_fds(process.pid), rss_kib(process.pid)
+
+        faults = [never_answer(), headers_then_silence(), reset_mid_body(), huge(THIRTY_MB, declared=False), garbage()]
+        for behaviour in faults:
+            upstream.behaviour = behaviour
             with ThreadPoolExecutor(16) as pool:
-                assert set(pool.map(exchange, range(200))) == {200}
-            fds, rss = open_fds(process.pid), rss_kib(process.pid)
+                assert set(pool.map(exchange, range(32))) <= {502, 504}
 
-            faults = [never_answer(), headers_then_silence(), reset_mid_body(), huge(THIRTY_MB, declared=False), garbage()]
-            for behaviour in faults:
-                upstream.behaviour = behaviour
-                with ThreadPoolExecutor(16) as pool:
-                    assert set(pool.map(exchange, range(32))) <= {502, 504}
-
-            upstream.behaviour = answer(200, TOKEN)
-            with ThreadPoolExecutor(16) as pool:
-                assert set(pool.map(exchange, range(200))) == {200}
-            time.sleep(0.2)
-            # The pool may hold a different number of keep-alive connections (at most one per concurrent
-            # exchange: 16); a leak would add one per failed exchange (160).
-            assert open_fds(process.pid) <= fds + 16
-            assert rss_kib(process.pid) < rss + 16 * 1024
+        upstream.behaviour = answer(200, TOKEN)
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(exchange, range(200))) == {200}
+        time.sleep(0.2)
+        # The pool may hold a different number of keep-alive connections (at most one per concurrent
+        # exchange: 16); a leak would add one per failed exchange (160).
+        assert open_fds(process.pid) <= fds + 16
+        assert rss_kib(process.pid) < rss + 16 * 1024
     finally:
         process.terminate()
         process.wait(15)
@@ -200,14 +193,7 @@ def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(base + "/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "proxy did not start"
-                time.sleep(0.05)
+        wait_until_healthy(base, process)
 
         def exchange(_: int) -> httpx.Response:
             return httpx.post(base + "/proxy/token", data=GRANT, timeout=10)

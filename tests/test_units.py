@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import proxy
 from proxy import ConfigError, OAuthError, Settings, UpstreamReply, load_settings, logfmt, normalize_token_reply
 
 # ---------------------------------------------------------------------------------- configuration
