@@ -178,7 +178,8 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 def management(settings: AdminSettings, timeout: float = 15) -> tuple[ManagementAPI, httpx.Client]:
-    http = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    # A command run from a laptop honors HTTPS_PROXY and SSL_CERT_FILE, as other command-line tools do.
+    http = httpx.Client(timeout=timeout, follow_redirects=False)
     return ManagementAPI(settings, http), http
 
 
@@ -257,7 +258,9 @@ def setup_auth0(settings: AdminSettings, *, dry_run: bool, use_proxy_authorize: 
                 out("\n".join(describe_changes(options, merged)))
                 if not dry_run:
                     api.call("PATCH", f"/api/v2/connections/{existing['id']}", body={"options": merged})
-        if settings.app_client_ids and existing is not None:
+        if settings.app_client_ids and existing is None:  # a dry run of a connection not created yet
+            out(f"enable for applications {', '.join(settings.app_client_ids)}: would be done")
+        elif settings.app_client_ids:
             enabled = set(api.enabled_clients(existing["id"]))
             missing = [client for client in settings.app_client_ids if client not in enabled]
             if missing:

@@ -127,10 +127,11 @@ def test_setup_merges_into_existing_options(auth0: Auth0StandIn, env: dict[str, 
 
 
 def test_dry_run_writes_nothing(auth0: Auth0StandIn, env: dict[str, str]) -> None:
-    result = cli(env, "setup-auth0", "--dry-run")
+    result = cli(env, "setup-auth0", "--dry-run", "--app", "app-one")
     assert result.returncode == 0
     assert auth0.connections == {} and auth0.writes == []
     assert "would be created" in result.stdout and "dry run: nothing was written" in result.stdout
+    assert "enable for applications app-one: would be done" in result.stdout
 
 
 def test_a_management_token_can_be_given_directly(auth0: Auth0StandIn, env: dict[str, str]) -> None:
