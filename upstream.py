@@ -59,6 +59,9 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes) -> Answer:
         assert self.transport is not None
+        # Forget the previous answer now: if the connection drops before a byte of this one arrives, its
+        # state must not be mistaken for this answer (a bodiless 204 would look complete).
+        self.on_message_begin()
         self.answer = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         await self.answer
@@ -110,7 +113,8 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        if int(self.headers.get("content-length", "0") or 0) > self.max_body:
+        declared = self.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_body:
             self._fail(AnswerTooLarge(f"the answer is over {self.max_body} bytes"))
 
     def on_body(self, chunk: bytes) -> None:

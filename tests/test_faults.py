@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -215,3 +216,24 @@ def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: 
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_a_kept_alive_connection_closed_instead_of_answering_is_an_error(pool_of_its_own: httpx.Client, fresh: FaultyUpstream) -> None:
+    """After a bodiless 204, TikTok closes the connection instead of answering the next request."""
+    calls = 0
+
+    async def no_content_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # keep-alive, and no length: nothing follows
+            await writer.drain()
+        else:
+            writer.close()
+
+    fresh.behaviour = no_content_then_hang_up
+    assert pool_of_its_own.post("/proxy/token", data=GRANT).status_code == 502  # empty 204: not a token
+    second = pool_of_its_own.post("/proxy/token", data=GRANT)
+    body = assert_oauth_error(second, 502, "server_error")
+    assert "closed before a complete answer" in body["error_description"]
+    assert fresh.connections == 1  # the second request really went out on the kept-alive connection
