@@ -719,6 +719,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.setLevel(settings.log_level)
         if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
             logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
+                        timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys)))
+        if not settings.allowed_client_keys:
+            log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
         gc.freeze()
