@@ -129,7 +129,7 @@ def test_an_idle_connection_closed_by_tiktok_is_not_reused(pool_of_its_own: http
     fresh.behaviour = answer_then_hang_up(200, TOKEN)
     for _ in range(3):
         assert pool_of_its_own.post("/proxy/token", data=GRANT).status_code == 200
-        time.sleep(0.05)  # TikTok's close reaches the proxy before the next request
+        time.sleep(0.2)  # TikTok's close reaches the proxy before the next request
     assert (fresh.requests, fresh.connections) == (3, 3)
 
 
