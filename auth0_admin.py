@@ -240,12 +240,13 @@ def setup_auth0(settings: AdminSettings, *, dry_run: bool, use_proxy_authorize: 
         desired = desired_options(settings, use_proxy_authorize)
         existing = api.connection_named(settings.connection_name)
         verb = "would be" if dry_run else "was"
+        # Each change is reported once it is written (or, in a dry run, as what would be written).
         if existing is None:
-            out(f"connection {settings.connection_name}: {verb} created (strategy oauth2)")
-            out("\n".join(describe_changes({}, desired)))
             if not dry_run:
                 body = {"name": settings.connection_name, "display_name": "TikTok", "strategy": "oauth2", "options": desired}
                 existing = api.call("POST", "/api/v2/connections", body=body)
+            out(f"connection {settings.connection_name}: {verb} created (strategy oauth2)")
+            out("\n".join(describe_changes({}, desired)))
         else:
             if existing.get("strategy") != "oauth2":
                 raise AdminError(f"connection {settings.connection_name} exists with strategy {existing.get('strategy')!r}, not oauth2")
@@ -254,20 +255,20 @@ def setup_auth0(settings: AdminSettings, *, dry_run: bool, use_proxy_authorize: 
             if merged == options:
                 out(f"connection {settings.connection_name} ({existing['id']}): already up to date")
             else:
-                out(f"connection {settings.connection_name} ({existing['id']}): {verb} updated")
-                out("\n".join(describe_changes(options, merged)))
                 if not dry_run:
                     api.call("PATCH", f"/api/v2/connections/{existing['id']}", body={"options": merged})
+                out(f"connection {settings.connection_name} ({existing['id']}): {verb} updated")
+                out("\n".join(describe_changes(options, merged)))
         if settings.app_client_ids and existing is None:  # a dry run of a connection not created yet
             out(f"enable for applications {', '.join(settings.app_client_ids)}: would be done")
         elif settings.app_client_ids:
             enabled = set(api.enabled_clients(existing["id"]))
             missing = [client for client in settings.app_client_ids if client not in enabled]
             if missing:
-                out(f"enable for applications {', '.join(missing)}: {'would be done' if dry_run else 'done'}")
                 if not dry_run:
                     changes = [{"client_id": client, "status": True} for client in missing]
                     api.call("PATCH", f"/api/v2/connections/{existing['id']}/clients", body=changes)
+                out(f"enable for applications {', '.join(missing)}: {'would be done' if dry_run else 'done'}")
             else:
                 out(f"already enabled for applications {', '.join(settings.app_client_ids)}")
         if dry_run:

@@ -176,6 +176,7 @@ def test_setup_failures_are_one_clear_line(auth0: Auth0StandIn, env: dict[str, s
     assert result.returncode == 1
     assert result.stderr.startswith("tiktok-token-proxy: ") and result.stderr.count("\n") == 1
     assert fragment in result.stderr, result.stderr
+    assert "was created" not in result.stdout and "was updated" not in result.stdout  # nothing claimed
 
 
 # ---------------------------------------------------------------------------------------- doctor
