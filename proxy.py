@@ -628,7 +628,7 @@ async def relay(request: Request, to: Relay) -> Response:
     try:
         params = parse_params(request.headers.get("content-type", ""), await read_body(request))
         if log.isEnabledFor(logging.DEBUG):  # names only: what the client sent, never a value
-            log.debug(logfmt(event=f"{to.event}_request", params=",".join(sorted(params)), basic_auth="authorization" in request.headers))
+            log.debug(logfmt(event=f"{to.event}_request", params=",".join(sorted(params)), authorization_header="authorization" in request.headers))
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
         check_allowed(settings, client_key)
