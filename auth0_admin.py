@@ -145,7 +145,7 @@ class ManagementAPI:
         except ValueError:
             detail = {}
         message = str(detail.get("message") or detail.get("error_description") or detail.get("error") or "").strip()
-        message = redact(message, self.settings.secrets())[:300]
+        message = proxy.redact(message, self.settings.secrets())[:300]
         where = f"Auth0 refused {method} {path.split('?')[0]}"
         if response.status_code == 401:
             return f"{where} (401 {message}): check AUTH0_MGMT_CLIENT_ID and AUTH0_MGMT_CLIENT_SECRET, or AUTH0_MGMT_TOKEN"
@@ -168,13 +168,6 @@ class ManagementAPI:
     def enabled_clients(self, connection_id: str) -> list[str]:
         found = self.call("GET", f"/api/v2/connections/{connection_id}/clients")
         return [c["client_id"] for c in (found or {}).get("clients", []) if c.get("client_id")]
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def management(settings: AdminSettings, timeout: float = 15) -> tuple[ManagementAPI, httpx.Client]:
@@ -435,7 +428,7 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "revoke-user":
             revoke_user(settings, args.user_id, delete_user=args.delete_user, force=args.force, out=print)
     except (AdminError, proxy.ConfigError) as err:
-        print(f"tiktok-token-proxy: {redact(str(err), settings.secrets() if settings else [])}", file=sys.stderr)
+        print(f"tiktok-token-proxy: {proxy.redact(str(err), settings.secrets() if settings else [])}", file=sys.stderr)
         return 1
     return 0
 

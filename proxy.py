@@ -551,13 +551,18 @@ def split_scopes(scope: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", scope) if item]
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 def _clean_text(value: Any, secrets: Iterable[str]) -> str:
     if not isinstance(value, str):
         return ""
-    for secret in secrets:  # before truncating, so no fragment of a secret can survive
-        if secret:
-            value = value.replace(secret, "[redacted]")
-    return CONTROL_CHARS.sub(" ", value).strip()[:300]
+    # Redact before truncating, so no fragment of a secret can survive.
+    return CONTROL_CHARS.sub(" ", redact(value, secrets)).strip()[:300]
 
 
 def _clean_log_id(value: Any) -> str | None:
