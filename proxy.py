@@ -597,12 +597,15 @@ def log_outcome(status: int, **fields: Any) -> None:
     log.log(level, logfmt(**fields, status=status))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """One stderr handler on the root logger, for this process and for every uvicorn worker."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "formatters": {"plain": {"format": LOG_FORMAT}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
     }
@@ -723,7 +726,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         log.setLevel(settings.log_level)
         if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
-            logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
         log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                         timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys)))
         if not settings.allowed_client_keys:

@@ -96,14 +96,18 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     }
 
 
-def peak_rss_mib(pid: int) -> float:
+def memory_mib(pid: int, field: str) -> float:
+    """A memory figure from /proc: VmRSS (now) or VmHWM (peak)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def peak_rss_mib(pid: int) -> float:
+    return memory_mib(pid, "VmHWM")
 
 
 def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    return memory_mib(pid, "VmRSS")
 
 
 def start_proxy(command: list[str]) -> subprocess.Popen[bytes]:
