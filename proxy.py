@@ -635,8 +635,11 @@ async def relay(request: Request, to: Relay) -> Response:
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
     try:
         params = parse_params(request.headers.get("content-type", ""), await read_body(request))
-        if log.isEnabledFor(logging.DEBUG):  # names only: what the client sent, never a value
-            log.debug(logfmt(event=f"{to.event}_request", params=",".join(sorted(params)), authorization_header="authorization" in request.headers))
+        if log.isEnabledFor(logging.DEBUG):
+            # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
+            known = sorted(name for name in params if name in KNOWN_PARAMS)
+            log.debug(logfmt(event=f"{to.event}_request", params=",".join(known), unknown_params=len(params) - len(known),
+                             authorization_header="authorization" in request.headers))
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
         check_allowed(settings, client_key)
@@ -725,6 +728,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         log.setLevel(settings.log_level)
+        # uvicorn's access log prints query strings, where a careless client may put a secret; the proxy's own
+        # line per exchange replaces it, however the server was started.
+        logging.getLogger("uvicorn.access").disabled = True
         if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
             logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
         log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,

@@ -141,6 +141,8 @@ def sensitive(pairs: list[tuple[str, str]]) -> list[str]:
 def check_logs(caplog: pytest.LogCaptureFixture, secrets: list[str]) -> None:
     assert any(record.name == "tiktok_proxy" for record in caplog.records)  # the proxy's own lines were captured
     for record in caplog.records:
+        if record.name.split(".")[0] in ("httpx", "httpcore"):
+            continue  # the test's own HTTP client (the proxy does not use httpx), which logs the URLs it calls
         line = record.getMessage()
         assert "\n" not in line and "\r" not in line, line  # one record, one line: nothing forged
         for value in secrets:
@@ -212,3 +214,26 @@ def test_crlf_in_a_logged_value_cannot_forge_a_log_line(client: httpx.Client, ti
     assert len(lines) >= 2
     assert all("\n" not in line and "\r" not in line for line in lines)
     assert any('client_key="aw1\\r\\n2026-11-22' in line for line in lines)
+
+
+def test_a_body_in_the_wrong_format_cannot_smuggle_a_secret_into_the_log(
+    client: httpx.Client, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON sent as a form parses into one long parameter *name* that holds the secret: names are not safe to log."""
+    secret = f"{MARKER}json-as-form{MARKER[::-1]}"
+    # The "=" in the last value ends the would-be name after the secret, so the name is not dropped as empty.
+    body = json.dumps({"grant_type": "client_credentials", "client_secret": secret, "client_id": "key=value"})
+    with caplog.at_level(logging.DEBUG, logger="tiktok_proxy"), caplog.at_level(logging.DEBUG):
+        client.post("/proxy/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert any("event=token_request" in record.getMessage() for record in caplog.records)
+    check_logs(caplog, [secret])
+
+
+def test_a_secret_in_a_query_string_is_not_logged(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    """Clients sometimes put credentials in the URL; uvicorn's access log would print them."""
+    secret = f"{MARKER}in-the-url{MARKER[::-1]}"
+    with caplog.at_level(logging.DEBUG):
+        client.post(f"/proxy/token?client_secret={secret}", data={"grant_type": "client_credentials", "client_id": CLIENT_KEY})
+        client.get("/proxy/token", params={"client_secret": secret})
+        client.get("/nowhere", params={"code": secret})
+    check_logs(caplog, [secret])
