@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py             # about 2 minutes
     .venv/bin/python bench/run.py --variants  # also the rejected designs (pip install -r bench/requirements.txt)
     .venv/bin/python bench/run.py --soak 1000000   # memory over a million exchanges
+    .venv/bin/python bench/run.py --compare HEAD~3 --rounds 3 --connections 32   # this build against an older one
 
 It starts nginx as a fast TikTok stand-in (a fixed v2 token answer) and as a plain `proxy_pass` hop in front
 of it (the cost floor of one HTTP hop on this machine), starts the proxy (`python proxy.py`, one worker)
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,17 +112,27 @@ def rss_mib(pid: int) -> float:
     return memory_mib(pid, "VmRSS")
 
 
-def start_proxy(command: list[str]) -> subprocess.Popen[bytes]:
+def start_proxy(command: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TIKTOK_TOKEN_URL": f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/",
         "LOG_LEVEL": "INFO",  # the default: one log line per exchange, written to a file as a platform would
         "WEB_CONCURRENCY": "1",
+        **(env or {}),
     }
     log = open(Path(tempfile.gettempdir()) / "tiktok-proxy-bench.log", "w")  # noqa: SIM115  # closed with the process
-    process = subprocess.Popen(command, env=env, cwd=REPO, stderr=log)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stderr=log)
     wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token")
     return process
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    command: list[str] | None = None  # a proxy to start for this target; None: nginx serves it
+    cwd: Path = REPO
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def main() -> None:
@@ -128,6 +140,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement (default 10)")
     parser.add_argument("--connections", default="1,32,128", help="comma-separated (default 1,32,128)")
     parser.add_argument("--variants", action="store_true", help="also measure the proxy on httpx, httpx2 and aiohttp")
+    parser.add_argument("--compare", action="append", default=[], metavar="GIT_REF",
+                        help="also measure the proxy as it was at this commit (a git worktree), side by side")  # fmt: skip
+    parser.add_argument("--with-env", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="also measure this build with these variables set, e.g. METRICS_TOKEN=x")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="measure the proxies this many times, interleaved; "
+                        "the table shows each round, then the median (default 1)")  # fmt: skip
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N exchanges at 32 connections, sampling RSS")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
@@ -141,7 +159,9 @@ def main() -> None:
         )
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+        nginx = subprocess.Popen(
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
+        )
         proxies: list[subprocess.Popen[bytes]] = []
         try:
             wait_until_up(f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/")
@@ -153,35 +173,58 @@ def main() -> None:
             print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
                   f"{cpu_model()}, Python {platform.python_version()}, wrk -t1, {args.seconds}s per row")  # fmt: skip
             print(f"{'target':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-            targets = [
-                ("stand-in, direct", f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/", None),
-                ("nginx proxy_pass to stand-in", f"http://127.0.0.1:{NGINX_HOP_PORT}/v2/oauth/token/", None),
-                ("tiktok proxy (upstream.py)", f"http://127.0.0.1:{PROXY_PORT}/proxy/token", proxy_command),
+            proxy_url = f"http://127.0.0.1:{PROXY_PORT}/proxy/token"
+            fixed = [
+                Target("stand-in, direct", f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/"),
+                Target("nginx proxy_pass to stand-in", f"http://127.0.0.1:{NGINX_HOP_PORT}/v2/oauth/token/"),
             ]
+            proxied = [Target("tiktok proxy (upstream.py)", proxy_url, proxy_command)]
+            for ref in args.compare:
+                tree = work / f"ref-{len(proxied)}"
+                subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=REPO, check=True)
+                proxied.append(Target(f"proxy @ {ref}"[:33], proxy_url, proxy_command, cwd=tree))
+            for assignments in args.with_env:
+                variables = dict(pair.split("=", 1) for pair in assignments.split(","))
+                proxied.append(
+                    Target(f"proxy, {','.join(variables)} set"[:33], proxy_url, proxy_command, env=variables)
+                )
             if args.variants:
                 for variant in ("httpx", "httpx2", "aiohttp"):
                     command = [sys.executable, "bench/variants.py", variant, str(PROXY_PORT)]
-                    targets.append((f"proxy on {variant}", f"http://127.0.0.1:{PROXY_PORT}/proxy/token", command))
-            results: dict[tuple[str, int], dict[str, float]] = {}
-            for name, url, command in targets:
-                process = start_proxy(command) if command else None
-                for connections in (int(c) for c in args.connections.split(",")):
-                    result = wrk(url, connections, args.seconds, script)
-                    results[name, connections] = result
-                    print(f"{name:<34}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}"
-                          f"{result['p99']:>9.2f}{result['errors']:>8.0f}", flush=True)  # fmt: skip
+                    proxied.append(Target(f"proxy on {variant}", proxy_url, command))
+            connection_counts = [int(c) for c in args.connections.split(",")]
+            results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            for target in fixed + proxied * args.rounds:  # rounds interleave the proxies, so drift hits them alike
+                process = start_proxy(target.command, target.cwd, target.env) if target.command else None
+                for connections in connection_counts:
+                    result = wrk(target.url, connections, args.seconds, script)
+                    results.setdefault((target.name, connections), []).append(result)
+                    print_row(target.name, connections, result)
                 if process:
                     print(f"{'':<34}peak RSS {peak_rss_mib(process.pid):.1f} MiB")
                     process.send_signal(signal.SIGTERM)
                     process.wait(15)
-            direct, proxied = results.get(("stand-in, direct", 1)), results.get(("tiktok proxy (upstream.py)", 1))
-            if direct and proxied:
-                print(f"added latency at 1 connection (p50): {proxied['p50'] - direct['p50']:.2f} ms")
+            if args.rounds > 1:
+                print(f"# median of {args.rounds} rounds")
+                for target in proxied:
+                    for connections in connection_counts:
+                        runs = sorted(results[target.name, connections], key=lambda run: run["rps"])
+                        print_row(target.name, connections, runs[len(runs) // 2])
+            direct, ours = results.get(("stand-in, direct", 1)), results.get(("tiktok proxy (upstream.py)", 1))
+            if direct and ours:
+                print(f"added latency at 1 connection (p50): {ours[0]['p50'] - direct[0]['p50']:.2f} ms")
         finally:
             for process in proxies:
                 process.terminate()
             nginx.terminate()
             nginx.wait(10)
+            if args.compare:
+                subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False)
+
+
+def print_row(name: str, connections: int, result: dict[str, float]) -> None:
+    print(f"{name:<34}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}"
+          f"{result['p99']:>9.2f}{result['errors']:>8.0f}", flush=True)  # fmt: skip
 
 
 def soak(pid: int, exchanges: int, script: Path) -> None:

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import proxy  # noqa: E402
+from tiktok_proxy import app, tiktok  # noqa: E402
+from tiktok_proxy.logs import logging_config  # noqa: E402
 
 clients: dict[str, Any] = {}
 
@@ -28,7 +29,7 @@ async def via_httpx(module_name: str, url: str, body: bytes) -> tuple[int, bytes
         limits = httpx_module.Limits(max_connections=256, max_keepalive_connections=256)
         transport = httpx_module.AsyncHTTPTransport(retries=1, limits=limits)
         clients[module_name] = httpx_module.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
-    response = await clients[module_name].post(url, content=body, headers=proxy.UPSTREAM_HEADERS)
+    response = await clients[module_name].post(url, content=body, headers=tiktok.UPSTREAM_HEADERS)
     return response.status_code, response.content, response.headers
 
 
@@ -37,25 +38,27 @@ async def via_aiohttp(url: str, body: bytes) -> tuple[int, bytes, Mapping[str, s
 
     if "aiohttp" not in clients:
         clients["aiohttp"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
-    async with clients["aiohttp"].post(url, data=body, headers=proxy.UPSTREAM_HEADERS, allow_redirects=False) as response:
+    async with clients["aiohttp"].post(
+        url, data=body, headers=tiktok.UPSTREAM_HEADERS, allow_redirects=False
+    ) as response:
         return response.status, await response.read(), response.headers
 
 
 def install(variant: str) -> None:
-    async def post_form(client: object, url: str, form: Mapping[str, str], timeout: float) -> proxy.UpstreamReply:
+    async def post_form(client: object, url: str, form: Mapping[str, str], timeout: float) -> tiktok.UpstreamReply:
         body = urlencode(form).encode()
         async with asyncio.timeout(timeout):
             if variant == "aiohttp":
                 status, content, headers = await via_aiohttp(url, body)
             else:
                 status, content, headers = await via_httpx(variant, url, body)
-        return proxy.UpstreamReply(url, status, content, headers.get("x-tt-logid"), headers.get("retry-after"))
+        return tiktok.UpstreamReply(url, status, content, headers.get("x-tt-logid"), headers.get("retry-after"))
 
-    proxy.post_form = post_form  # the relay looks it up at call time
+    tiktok.post_form = post_form  # the relay looks it up at call time
 
 
 if __name__ == "__main__":
     variant, port = sys.argv[1], int(sys.argv[2])
     install(variant)
     # The same logging as `python proxy.py`, so every variant pays for its log line per exchange.
-    uvicorn.run(proxy.create_app(), host="127.0.0.1", port=port, log_config=proxy.logging_config("INFO"), access_log=False)
+    uvicorn.run(app.create_app(), host="127.0.0.1", port=port, log_config=logging_config("INFO"), access_log=False)

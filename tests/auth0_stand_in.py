@@ -22,7 +22,14 @@ from starlette.routing import Route
 MGMT_CLIENT_ID = "m2m-client-id"
 MGMT_CLIENT_SECRET = "m2m-Client-Secret-value-123"
 ALL_SCOPES = frozenset(
-    {"read:connections", "create:connections", "update:connections", "read:users", "read:user_idp_tokens", "delete:users"}
+    {
+        "read:connections",
+        "create:connections",
+        "update:connections",
+        "read:users",
+        "read:user_idp_tokens",
+        "delete:users",
+    }
 )
 
 
@@ -53,7 +60,9 @@ class Auth0StandIn:
             return JSONResponse({"error": "invalid_request", "error_description": "bad audience"}, status_code=403)
         token = f"mgmt.{secrets.token_urlsafe(16)}"
         self.tokens[token] = set(self.scopes)
-        return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": 86400, "scope": " ".join(sorted(self.scopes))})
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": 86400, "scope": " ".join(sorted(self.scopes))}
+        )
 
     def refuse(self, request: Request, needs: str) -> Response | None:
         if self.rate_limited:
@@ -98,13 +107,19 @@ class Auth0StandIn:
         if request.method == "GET":
             if refusal := self.refuse(request, "read:connections"):
                 return refusal
-            clients = [{"client_id": client} for client in sorted(self.enabled.get(connection_id, set()))]
-            return JSONResponse({"clients": clients, "next": None})
+            # Checkpoint pagination, as Auth0 pages it: `take` (default 50), then `from` = the last page's `next`.
+            every = sorted(self.enabled.get(connection_id, set()))
+            start, take = int(request.query_params.get("from") or 0), int(request.query_params.get("take") or 50)
+            page = [{"client_id": client} for client in every[start : start + take]]
+            more = start + take < len(every)
+            return JSONResponse({"clients": page, **({"next": str(start + take)} if more else {})})
         if refusal := self.refuse(request, "update:connections"):
             return refusal
         self.writes.append("PATCH /api/v2/connections/{id}/clients")
         for change in await request.json():
-            (self.enabled[connection_id].add if change["status"] else self.enabled[connection_id].discard)(change["client_id"])
+            (self.enabled[connection_id].add if change["status"] else self.enabled[connection_id].discard)(
+                change["client_id"]
+            )
         return Response(status_code=204)
 
     async def user_route(self, request: Request) -> Response:

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import uvicorn
 
-import proxy
+from tiktok_proxy.app import create_app
+from tiktok_proxy.config import Settings
 
 from tiktok_stand_in import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
@@ -90,14 +91,14 @@ def tiktok(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> TikTokStandIn
 
 
 @pytest.fixture(scope="session")
-def base_settings(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> proxy.Settings:
+def base_settings(stand_in_server: tuple[TikTokStandIn, ServerThread]) -> Settings:
     _, server = stand_in_server
-    return proxy.Settings(token_url=server.url + TOKEN_PATH, revoke_url=server.url + REVOKE_PATH, timeout=PROXY_TIMEOUT)
+    return Settings(token_url=server.url + TOKEN_PATH, revoke_url=server.url + REVOKE_PATH, timeout=PROXY_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
-def proxy_server(base_settings: proxy.Settings) -> Iterator[ServerThread]:
-    with ServerThread(proxy.create_app(base_settings)) as server:
+def proxy_server(base_settings: Settings) -> Iterator[ServerThread]:
+    with ServerThread(create_app(base_settings)) as server:
         yield server
 
 
@@ -109,12 +110,12 @@ def client(proxy_server: ServerThread) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def proxy_with(base_settings: proxy.Settings) -> Iterator[Callable[..., httpx.Client]]:
+def proxy_with(base_settings: Settings) -> Iterator[Callable[..., httpx.Client]]:
     """Start a proxy with some settings changed, e.g. proxy_with(allowed_client_keys=frozenset({"k"}))."""
     started: list[tuple[ServerThread, httpx.Client]] = []
 
     def start(**changes: object) -> httpx.Client:
-        server = ServerThread(proxy.create_app(replace(base_settings, **changes))).__enter__()
+        server = ServerThread(create_app(replace(base_settings, **changes))).__enter__()
         http = httpx.Client(base_url=server.url, timeout=10)
         started.append((server, http))
         return http

@@ -64,7 +64,12 @@ class FaultyUpstream:
             while True:  # keep-alive: one behaviour per request on this connection
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
                 )
                 await reader.readexactly(length)
                 self.requests += 1
@@ -80,7 +85,9 @@ class FaultyUpstream:
 # ---- behaviours
 
 
-def answer(status: int, body: bytes, *, headers: str = "", chunked: bool = False, close_delimited: bool = False) -> Behaviour:
+def answer(
+    status: int, body: bytes, *, headers: str = "", chunked: bool = False, close_delimited: bool = False
+) -> Behaviour:
     async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{headers}"
         if chunked:
@@ -147,7 +154,9 @@ def headers_then_silence() -> Behaviour:
 
 def drip(body: bytes, seconds_per_byte: float) -> Behaviour:
     async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
         for byte in body:
             await writer.drain()
             await asyncio.sleep(seconds_per_byte)

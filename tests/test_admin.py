@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-import auth0_admin
-import proxy
+from tiktok_proxy.app import create_app
+from tiktok_proxy.auth0.doctor import doctor
+from tiktok_proxy.auth0.management import load_admin_settings
+from tiktok_proxy.config import DEFAULT_REVOKE_URL, DEFAULT_TOKEN_URL, Settings
 
 from auth0_stand_in import ALL_SCOPES, MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from conftest import ServerThread, free_port
@@ -20,7 +22,7 @@ from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, 
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://proxy.example.ngrok-free.app"
-SCRIPT = (REPO / "auth0" / "fetch-user-profile.js").read_text()
+SCRIPT = (REPO / "tiktok_proxy" / "auth0" / "fetch-user-profile.js").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def auth0(auth0_server: tuple[Auth0StandIn, ServerThread]) -> Auth0StandIn:
 
 
 @pytest.fixture
-def env(auth0_server: tuple[Auth0StandIn, ServerThread], stand_in_server: tuple[TikTokStandIn, ServerThread]) -> dict[str, str]:
+def env(
+    auth0_server: tuple[Auth0StandIn, ServerThread], stand_in_server: tuple[TikTokStandIn, ServerThread]
+) -> dict[str, str]:
     _, auth0_http = auth0_server
     _, tiktok_http = stand_in_server
     return {
@@ -56,7 +60,12 @@ def env(auth0_server: tuple[Auth0StandIn, ServerThread], stand_in_server: tuple[
 
 def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, str(REPO / "proxy.py"), *args], env=env, cwd=cwd or REPO / "tests", capture_output=True, text=True, timeout=60
+        [sys.executable, str(REPO / "proxy.py"), *args],
+        env=env,
+        cwd=cwd or REPO / "tests",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
@@ -145,7 +154,10 @@ def test_a_management_token_can_be_given_directly(auth0: Auth0StandIn, env: dict
     ("breakage", "fragment"),
     [
         ("bad-credentials", "(401 Unauthorized): check AUTH0_MGMT_CLIENT_ID and AUTH0_MGMT_CLIENT_SECRET"),
-        ("missing-scope", "(403 Insufficient scope, expected any of: create:connections): grant the Management API app"),
+        (
+            "missing-scope",
+            "(403 Insufficient scope, expected any of: create:connections): grant the Management API app",
+        ),
         ("name-clash", "(409 A connection with the same name already exists)"),
         ("rate-limited", "(429 rate limit): retry in 7 seconds"),
         ("auth0-unreachable", "could not reach Auth0 at http://127.0.0.1:"),
@@ -154,7 +166,9 @@ def test_a_management_token_can_be_given_directly(auth0: Auth0StandIn, env: dict
         ("not-oauth2", "exists with strategy 'google-oauth2', not oauth2"),
     ],
 )
-def test_setup_failures_are_one_clear_line(auth0: Auth0StandIn, env: dict[str, str], breakage: str, fragment: str) -> None:
+def test_setup_failures_are_one_clear_line(
+    auth0: Auth0StandIn, env: dict[str, str], breakage: str, fragment: str
+) -> None:
     if breakage == "bad-credentials":
         env["AUTH0_MGMT_CLIENT_SECRET"] = "wrong"
     elif breakage == "missing-scope":
@@ -189,7 +203,7 @@ def https_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     folder = tmp_path_factory.mktemp("public")
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    server = ServerThread(proxy.create_app(proxy.Settings()))
+    server = ServerThread(create_app(Settings()))
     server.server.config.ssl_certfile = str(folder / "server.pem")
     server.server.config.load()
     with server:
@@ -199,7 +213,7 @@ def https_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 def run_doctor(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[bool, str]:
     lines: list[str] = []
     monkeypatch.setenv("SSL_CERT_FILE", env.get("SSL_CERT_FILE", ""))
-    healthy = auth0_admin.doctor(auth0_admin.load_admin_settings(environ=env), lines.append, environ=env)
+    healthy = doctor(load_admin_settings(environ=env), lines.append, environ=env)
     return healthy, "\n".join(lines)
 
 
@@ -207,7 +221,7 @@ def run_doctor(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[bo
 def healthy_tenant(auth0: Auth0StandIn, env: dict[str, str], https_proxy: tuple[str, str]) -> dict[str, str]:
     url, ca_file = https_proxy
     env.update(PUBLIC_URL=url, SSL_CERT_FILE=ca_file, ALLOWED_CLIENT_KEYS=CLIENT_KEY)
-    env["TIKTOK_TOKEN_URL"], env["TIKTOK_REVOKE_URL"] = proxy.DEFAULT_TOKEN_URL, proxy.DEFAULT_REVOKE_URL
+    env["TIKTOK_TOKEN_URL"], env["TIKTOK_REVOKE_URL"] = DEFAULT_TOKEN_URL, DEFAULT_REVOKE_URL
     assert cli(env, "setup-auth0", "--app", "app-one").returncode == 0
     return env
 
@@ -279,6 +293,25 @@ def test_doctor_finds_each_problem(
     assert any(line.startswith("problem") and fragment in line for line in report.splitlines()), report
 
 
+def test_a_tenant_with_many_applications_is_read_to_the_last_page(
+    healthy_tenant: dict[str, str], auth0: Auth0StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (connection,) = auth0.connections.values()
+    auth0.enabled[connection["id"]] |= {f"app-{n:03}" for n in range(250)}  # three pages of 100
+    result = cli(healthy_tenant, "setup-auth0", "--app", "app-249")
+    assert "already enabled for applications app-249" in result.stdout, result.stdout
+    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert "the connection is enabled for 251 application(s)" in report, report
+
+
+def test_doctor_names_the_bad_variable_and_a_good_value(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    healthy_tenant["TIKTOK_TIMEOUT"] = "soon"
+    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert not healthy
+    assert "problem  the proxy's configuration does not load: TIKTOK_TIMEOUT must be a number, got 'soon'" in report
+    assert "fix: set TIKTOK_TIMEOUT to seconds from 0.1 to 120, e.g. 10" in report
+
+
 def test_doctor_exits_non_zero_on_a_problem(healthy_tenant: dict[str, str], auth0: Auth0StandIn) -> None:
     auth0.connections.clear()
     result = cli(healthy_tenant, "doctor")
@@ -308,7 +341,9 @@ def test_revoke_user(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, 
     assert token not in result.stdout + result.stderr
 
 
-def test_an_expired_access_token_is_refreshed_then_revoked(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]) -> None:
+def test_an_expired_access_token_is_refreshed_then_revoked(
+    auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]
+) -> None:
     stale, refresh = tiktok.issue_access_token(), tiktok.issue_refresh_token()
     tiktok.expired.add(stale)
     tiktok_user(auth0, stale, refresh)
@@ -332,7 +367,9 @@ def test_an_expired_access_token_is_refreshed_then_revoked(auth0: Auth0StandIn, 
         ("tiktok-refuses", "the revoke failed: 400 invalid_request: Access token is invalid or expired."),
     ],
 )
-def test_revoke_user_failures(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str], breakage: str, fragment: str) -> None:
+def test_revoke_user_failures(
+    auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str], breakage: str, fragment: str
+) -> None:
     tiktok_user(auth0, tiktok.issue_access_token())
     if breakage == "no-tiktok-identity":
         auth0.users[USER_ID]["identities"][0]["connection"] = "google-oauth2"
@@ -348,7 +385,9 @@ def test_revoke_user_failures(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: d
     assert USER_ID in auth0.users  # never deleted when the revoke did not happen
 
 
-def test_delete_waits_for_the_revoke_unless_forced(auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]) -> None:
+def test_delete_waits_for_the_revoke_unless_forced(
+    auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str]
+) -> None:
     tiktok_user(auth0, tiktok.issue_access_token())
     env["TIKTOK_REVOKE_URL"] = f"http://127.0.0.1:{free_port()}/v2/oauth/revoke/"  # TikTok unreachable
     refused = cli(env, "revoke-user", USER_ID, "--delete-user")

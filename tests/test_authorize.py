@@ -26,7 +26,9 @@ def redirect_params(response: httpx.Response) -> dict[str, list[str]]:
 
 
 def test_redirects_to_tiktok_with_client_key_and_comma_scopes(client: httpx.Client) -> None:
-    response = client.get("/proxy/authorize", params={**AUTH0_AUTHORIZE, "code_challenge": "ab12", "code_challenge_method": "S256"})
+    response = client.get(
+        "/proxy/authorize", params={**AUTH0_AUTHORIZE, "code_challenge": "ab12", "code_challenge_method": "S256"}
+    )
     assert redirect_params(response) == {
         "client_key": [CLIENT_KEY],
         "response_type": ["code"],
@@ -40,7 +42,10 @@ def test_redirects_to_tiktok_with_client_key_and_comma_scopes(client: httpx.Clie
     assert response.headers["referrer-policy"] == "no-referrer"
 
 
-@pytest.mark.parametrize("scope", ["user.info.basic,user.info.profile", "user.info.basic, user.info.profile", " user.info.basic  user.info.profile "])
+@pytest.mark.parametrize(
+    "scope",
+    ["user.info.basic,user.info.profile", "user.info.basic, user.info.profile", " user.info.basic  user.info.profile "],
+)
 def test_any_scope_separator_becomes_commas(client: httpx.Client, scope: str) -> None:
     response = client.get("/proxy/authorize", params={**AUTH0_AUTHORIZE, "scope": scope})
     assert redirect_params(response)["scope"] == ["user.info.basic,user.info.profile"]
@@ -74,7 +79,9 @@ def test_the_redirect_only_ever_goes_to_tiktok(client: httpx.Client, params: dic
         (f"client_id={CLIENT_KEY}&state=%ff", 400, "invalid_request", "UTF-8"),
     ],
 )
-def test_bad_authorize_requests_get_a_json_error(client: httpx.Client, query: str, status: int, error: str, fragment: str) -> None:
+def test_bad_authorize_requests_get_a_json_error(
+    client: httpx.Client, query: str, status: int, error: str, fragment: str
+) -> None:
     response = client.get(f"/proxy/authorize?{query}")
     assert response.status_code == status
     body = response.json()

@@ -30,16 +30,25 @@ def clean_env(**variables: str) -> dict[str, str]:
     ids=["python proxy.py", "uvicorn proxy:app"],
 )
 def test_bad_configuration_stops_startup_with_one_line(command: list[str], tmp_path: Path) -> None:
-    result = subprocess.run(command, env=clean_env(TIKTOK_TIMEOUT="ten"), cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        command, env=clean_env(TIKTOK_TIMEOUT="ten"), cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == "tiktok-token-proxy: configuration error: TIKTOK_TIMEOUT must be a number, got 'ten'"
+    assert (
+        result.stderr.strip() == "tiktok-token-proxy: configuration error: TIKTOK_TIMEOUT must be a number, got 'ten'"
+    )
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("TIKTOK_TIMEOUT=ten\nLOG_LEVEL=LOUD\n")
     result = subprocess.run(
-        [sys.executable, str(REPO / "proxy.py")], env=clean_env(TIKTOK_TIMEOUT="3"), cwd=tmp_path, capture_output=True, text=True, timeout=30
+        [sys.executable, str(REPO / "proxy.py")],
+        env=clean_env(TIKTOK_TIMEOUT="3"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "LOG_LEVEL must be one of" in result.stderr  # from .env; TIKTOK_TIMEOUT=ten was overridden
@@ -86,19 +95,34 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     code = tiktok.issue_code(code_verifier=verifier)
     sensitive = [CLIENT_SECRET, code, verifier]
     with httpx.Client(base_url=running_proxy.url) as client:
-        exchange = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI, "code_verifier": verifier}
+        exchange = {
+            "client_id": CLIENT_KEY,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+        }
         first = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
         assert first.status_code == 200, first.text
         sensitive += [first.json()["access_token"], first.json()["refresh_token"]]
-        refresh = {"grant_type": "refresh_token", "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "refresh_token": first.json()["refresh_token"]}
+        refresh = {
+            "grant_type": "refresh_token",
+            "client_id": CLIENT_KEY,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": first.json()["refresh_token"],
+        }
         second = client.post("/proxy/token", data=refresh)
         assert second.status_code == 200, second.text
         sensitive += [second.json()["access_token"], second.json()["refresh_token"]]
-        revoked = client.post("/proxy/revoke", data={"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "token": second.json()["access_token"]})
+        revoked = client.post(
+            "/proxy/revoke",
+            data={"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "token": second.json()["access_token"]},
+        )
         assert revoked.status_code == 200, revoked.text
         reused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
         assert reused.status_code == 400
-        refused = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange, "client_secret": ""})
+        refused = client.post(
+            "/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange, "client_secret": ""}
+        )
         assert refused.status_code == 400
         tiktok.fault = lambda: httpx_html_500()
         failed = client.post("/proxy/token", data={"grant_type": "authorization_code", "code": code, **exchange})
@@ -114,7 +138,10 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "WARNING tiktok_proxy ALLOWED_CLIENT_KEYS is empty" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     # The capture really ran at DEBUG, and the DEBUG lines name parameters, never their values.
-    assert "DEBUG tiktok_proxy event=token_request params=client_id,client_secret,code,code_verifier,grant_type,redirect_uri" in log
+    assert (
+        "DEBUG tiktok_proxy event=token_request params=client_id,client_secret,code,code_verifier,grant_type,redirect_uri"
+        in log
+    )
     assert "DEBUG tiktok_proxy.upstream upstream_connect host=127.0.0.1" in log
     for value in sensitive:
         assert value not in log
@@ -134,7 +161,9 @@ def test_sigterm_stops_the_proxy_cleanly(running_proxy: RunningProxy) -> None:
     assert "Traceback" not in log
 
 
-def test_several_workers_serve_the_same_exchanges(stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, tmp_path: Path) -> None:
+def test_several_workers_serve_the_same_exchanges(
+    stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, tmp_path: Path
+) -> None:
     _, tiktok_server = stand_in_server
     port = free_port()
     process = subprocess.Popen(
@@ -151,7 +180,9 @@ def test_several_workers_serve_the_same_exchanges(stand_in_server: tuple[TikTokS
         credentials = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI}
         for _ in range(20):  # a fresh connection each time, so both workers get some
             code = tiktok.issue_code()
-            response = httpx.post(running.url + "/proxy/token", data={"grant_type": "authorization_code", "code": code, **credentials})
+            response = httpx.post(
+                running.url + "/proxy/token", data={"grant_type": "authorization_code", "code": code, **credentials}
+            )
             assert response.status_code == 200, response.text
     finally:
         log = running.stop()

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import proxy
+from tiktok_proxy.app import create_app
+from tiktok_proxy.config import Settings
 
 from conftest import PROXY_TIMEOUT, ServerThread, free_port, timer, wait_until_healthy
 from faults import (
@@ -48,16 +49,16 @@ def upstream() -> Iterator[FaultyUpstream]:
 
 @pytest.fixture(scope="module")
 def faulty_proxy(upstream: FaultyUpstream) -> Iterator[httpx.Client]:
-    settings = replace(proxy.Settings(), token_url=upstream.url, timeout=PROXY_TIMEOUT)
-    with ServerThread(proxy.create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    settings = replace(Settings(), token_url=upstream.url, timeout=PROXY_TIMEOUT)
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
 def pool_of_its_own(upstream: FaultyUpstream) -> Iterator[httpx.Client]:
     """A new proxy, so its connection pool starts empty."""
-    settings = replace(proxy.Settings(), token_url=upstream.url, timeout=PROXY_TIMEOUT)
-    with ServerThread(proxy.create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    settings = replace(Settings(), token_url=upstream.url, timeout=PROXY_TIMEOUT)
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
 
 
@@ -125,7 +126,9 @@ def test_connections_are_kept_alive_and_reused(pool_of_its_own: httpx.Client, fr
     assert (fresh.requests, fresh.connections) == (5, 1)
 
 
-def test_an_idle_connection_closed_by_tiktok_is_not_reused(pool_of_its_own: httpx.Client, fresh: FaultyUpstream) -> None:
+def test_an_idle_connection_closed_by_tiktok_is_not_reused(
+    pool_of_its_own: httpx.Client, fresh: FaultyUpstream
+) -> None:
     fresh.behaviour = answer_then_hang_up(200, TOKEN)
     for _ in range(3):
         assert pool_of_its_own.post("/proxy/token", data=GRANT).status_code == 200
@@ -218,7 +221,9 @@ def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: 
             process.communicate()
 
 
-def test_a_kept_alive_connection_closed_instead_of_answering_is_an_error(pool_of_its_own: httpx.Client, fresh: FaultyUpstream) -> None:
+def test_a_kept_alive_connection_closed_instead_of_answering_is_an_error(
+    pool_of_its_own: httpx.Client, fresh: FaultyUpstream
+) -> None:
     """After a bodiless 204, TikTok closes the connection instead of answering the next request."""
     calls = 0
 

@@ -35,7 +35,9 @@ NAMES = st.sampled_from(
 ) | st.text(max_size=12)  # fmt: skip
 VALUES = (
     st.text(max_size=40)
-    | st.sampled_from(["authorization_code", "refresh_token", "client_credentials", "password", CLIENT_KEY, CLIENT_SECRET, ""])
+    | st.sampled_from(
+        ["authorization_code", "refresh_token", "client_credentials", "password", CLIENT_KEY, CLIENT_SECRET, ""]
+    )
     | st.just("v" * 70_000)  # past the body limit
     | st.text(alphabet="\r\n\x00\t%&=+;", max_size=8)
 )
@@ -84,13 +86,19 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, list[tuple[str, str]], str | None]:
     pairs = draw(PAIRS)
     kind = draw(st.sampled_from(["form", "form", "json", "json", "json-any", "bytes", "broken-utf8"]))
     if kind == "form":
-        raw, matching = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode(), "application/x-www-form-urlencoded"
+        raw, matching = (
+            "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode(),
+            "application/x-www-form-urlencoded",
+        )
     elif kind == "json":
         raw, matching = json.dumps(dict(pairs)).encode(), "application/json"
     elif kind == "json-any":
         raw, matching, pairs = json.dumps(draw(JSON_VALUES)).encode(), "application/json", []
     elif kind == "broken-utf8":
-        raw, matching = b"grant_type=authorization_code&code=\xff\xfe%ff&client_id=" + draw(st.binary(max_size=20)), "application/x-www-form-urlencoded"
+        raw, matching = (
+            b"grant_type=authorization_code&code=\xff\xfe%ff&client_id=" + draw(st.binary(max_size=20)),
+            "application/x-www-form-urlencoded",
+        )
         pairs = []
     else:
         raw, matching, pairs = draw(st.binary(max_size=200)), None, []
@@ -108,7 +116,9 @@ AUTHORIZATIONS = (
     | st.builds(basic, VALUES, VALUES)
     | st.builds(lambda raw: "Basic " + base64.b64encode(raw).decode(), st.binary(min_size=1, max_size=30))
     # Header values as HTTP allows them (visible ASCII); anything else is refused by uvicorn before the app.
-    | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30).map(lambda t: "Basic " + t)
+    | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30).map(
+        lambda t: "Basic " + t
+    )
     | st.sampled_from(["Bearer abc", "Basic", "basic Og==", "Digest x"])
 )
 
@@ -135,7 +145,9 @@ def check_answer(response: httpx.Response, secrets: list[str]) -> dict[str, obje
 def sensitive(pairs: list[tuple[str, str]]) -> list[str]:
     """The marked values sent as secret parameters (and not also as a public one, such as client_id)."""
     public = {value for name, value in pairs if name not in SECRET_PARAMS}
-    return [value for name, value in pairs if name in SECRET_PARAMS and value.startswith(MARKER) and value not in public]
+    return [
+        value for name, value in pairs if name in SECRET_PARAMS and value.startswith(MARKER) and value not in public
+    ]
 
 
 def check_logs(caplog: pytest.LogCaptureFixture, secrets: list[str]) -> None:
@@ -187,8 +199,12 @@ def test_hostile_posts(
 @FUZZ
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND"]),
-    path=st.sampled_from(["/proxy/token", "/proxy/revoke", "/proxy/authorize", "/healthz", "/", "/proxy/token/", "/PROXY/TOKEN"])
-    | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"), max_size=20).map(lambda p: "/" + p.lstrip("/")),  # "//x" would be an authority to httpx
+    path=st.sampled_from(
+        ["/proxy/token", "/proxy/revoke", "/proxy/authorize", "/healthz", "/", "/proxy/token/", "/PROXY/TOKEN"]
+    )
+    | st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"), max_size=20
+    ).map(lambda p: "/" + p.lstrip("/")),  # "//x" would be an authority to httpx
     query=st.lists(st.tuples(NAMES, VALUES.filter(lambda v: len(v) < 1000)), max_size=6),
 )
 def test_any_method_path_and_query(
@@ -205,10 +221,14 @@ def test_the_server_is_still_up_after_the_fuzzing(client: httpx.Client, proxy_se
     assert client.get("/healthz").status_code == 200
 
 
-def test_crlf_in_a_logged_value_cannot_forge_a_log_line(client: httpx.Client, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture) -> None:
+def test_crlf_in_a_logged_value_cannot_forge_a_log_line(
+    client: httpx.Client, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
     forged = "aw1\r\n2026-11-22 00:00:00,000 INFO tiktok_proxy event=token outcome=ok client_key=admin"
     with caplog.at_level(logging.DEBUG, logger="tiktok_proxy"):
-        client.post("/proxy/token", data={"grant_type": "client_credentials", "client_id": forged, "client_secret": "x" * 16})
+        client.post(
+            "/proxy/token", data={"grant_type": "client_credentials", "client_id": forged, "client_secret": "x" * 16}
+        )
         client.get("/proxy/authorize", params={"client_id": forged})
     lines = [record.getMessage() for record in caplog.records if record.name.startswith("tiktok_proxy")]
     assert len(lines) >= 2
@@ -233,7 +253,9 @@ def test_a_secret_in_a_query_string_is_not_logged(client: httpx.Client, caplog: 
     """Clients sometimes put credentials in the URL; uvicorn's access log would print them."""
     secret = f"{MARKER}in-the-url{MARKER[::-1]}"
     with caplog.at_level(logging.DEBUG):
-        client.post(f"/proxy/token?client_secret={secret}", data={"grant_type": "client_credentials", "client_id": CLIENT_KEY})
+        client.post(
+            f"/proxy/token?client_secret={secret}", data={"grant_type": "client_credentials", "client_id": CLIENT_KEY}
+        )
         client.get("/proxy/token", params={"client_secret": secret})
         client.get("/nowhere", params={"code": secret})
     check_logs(caplog, [secret])

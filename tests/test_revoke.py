@@ -14,7 +14,9 @@ CREDENTIALS = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET}
 
 @pytest.mark.parametrize("tiktok_body", [b"", b"{}"], ids=["empty-body", "empty-object"])
 @pytest.mark.parametrize("style", ["form", "json", "basic"])
-def test_a_revoked_token_answers_200(client: httpx.Client, tiktok: TikTokStandIn, tiktok_body: bytes, style: str) -> None:
+def test_a_revoked_token_answers_200(
+    client: httpx.Client, tiktok: TikTokStandIn, tiktok_body: bytes, style: str
+) -> None:
     tiktok.revoke_body = tiktok_body
     token = tiktok.issue_access_token()
     if style == "form":
@@ -22,7 +24,9 @@ def test_a_revoked_token_answers_200(client: httpx.Client, tiktok: TikTokStandIn
     elif style == "json":
         response = client.post("/proxy/revoke", json={**CREDENTIALS, "token": token})
     else:
-        response = client.post("/proxy/revoke", data={"token": token}, headers={"Authorization": basic(CLIENT_KEY, CLIENT_SECRET)})
+        response = client.post(
+            "/proxy/revoke", data={"token": token}, headers={"Authorization": basic(CLIENT_KEY, CLIENT_SECRET)}
+        )
 
     assert response.status_code == 200, response.text
     assert response.json() == {}
@@ -37,10 +41,14 @@ def test_a_revoked_token_answers_200(client: httpx.Client, tiktok: TikTokStandIn
 @pytest.mark.parametrize("tiktok_status", [200, 400])
 def test_tiktok_refusals_become_oauth_errors(client: httpx.Client, tiktok: TikTokStandIn, tiktok_status: int) -> None:
     tiktok.error_status = tiktok_status
-    body = assert_oauth_error(client.post("/proxy/revoke", data={**CREDENTIALS, "token": "act.unknown"}), 400, "invalid_request")
+    body = assert_oauth_error(
+        client.post("/proxy/revoke", data={**CREDENTIALS, "token": "act.unknown"}), 400, "invalid_request"
+    )
     assert body["error_description"] == "Access token is invalid or expired."
     assert body["log_id"]
-    wrong_secret = client.post("/proxy/revoke", data={**CREDENTIALS, "client_secret": "nope", "token": tiktok.issue_access_token()})
+    wrong_secret = client.post(
+        "/proxy/revoke", data={**CREDENTIALS, "client_secret": "nope", "token": tiktok.issue_access_token()}
+    )
     assert_oauth_error(wrong_secret, 401, "invalid_client")
 
 
@@ -52,11 +60,17 @@ def test_tiktok_refusals_become_oauth_errors(client: httpx.Client, tiktok: TikTo
         (reply(200, "surprise", "text/plain"), 502, "not JSON"),
         (reply(200, [1]), 502, "not a revocation answer"),
         (reply(429, "", **{"Retry-After": "5"}), 429, "retry after 5 seconds"),
-        (reply(200, {"data": {"error_code": 10002, "description": "Parameter error"}, "message": "error"}), 400, "Parameter error"),
+        (
+            reply(200, {"data": {"error_code": 10002, "description": "Parameter error"}, "message": "error"}),
+            400,
+            "Parameter error",
+        ),
     ],
     ids=["html-500", "empty-502", "text-200", "list-200", "429", "v1-error"],
 )
-def test_upstream_failures(client: httpx.Client, tiktok: TikTokStandIn, fault: object, status: int, fragment: str) -> None:
+def test_upstream_failures(
+    client: httpx.Client, tiktok: TikTokStandIn, fault: object, status: int, fragment: str
+) -> None:
     tiktok.fault = fault  # type: ignore[assignment]
     response = client.post("/proxy/revoke", data={**CREDENTIALS, "token": "act.x"})
     assert response.status_code == status
@@ -66,7 +80,13 @@ def test_upstream_failures(client: httpx.Client, tiktok: TikTokStandIn, fault: o
 
 
 def test_v1_revoke_success_envelope_is_success(client: httpx.Client, tiktok: TikTokStandIn) -> None:
-    tiktok.fault = reply(200, {"data": {"captcha": "", "desc_url": "", "description": "", "error_code": 0, "log_id": "L"}, "message": "success"})
+    tiktok.fault = reply(
+        200,
+        {
+            "data": {"captcha": "", "desc_url": "", "description": "", "error_code": 0, "log_id": "L"},
+            "message": "success",
+        },
+    )
     assert client.post("/proxy/revoke", data={**CREDENTIALS, "token": "act.x"}).status_code == 200
 
 
@@ -92,7 +112,9 @@ def test_connection_refused_is_502(proxy_with) -> None:  # type: ignore[no-untyp
         ({**CREDENTIALS, "client_id": "stranger", "token": "act.x"}, 401, "invalid_client", "ALLOWED_CLIENT_KEYS"),
     ],
 )
-def test_refused_before_tiktok(proxy_with, tiktok: TikTokStandIn, data: dict[str, str], status: int, error: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_refused_before_tiktok(
+    proxy_with, tiktok: TikTokStandIn, data: dict[str, str], status: int, error: str, fragment: str
+) -> None:  # type: ignore[no-untyped-def]
     client = proxy_with(allowed_client_keys=frozenset({CLIENT_KEY}))
     body = assert_oauth_error(client.post("/proxy/revoke", data=data), status, error)
     assert fragment in body["error_description"]

@@ -138,7 +138,12 @@ def test_refresh_grant_returns_the_rotated_refresh_token(client: httpx.Client, t
 
 def test_refresh_without_a_new_refresh_token_keeps_the_old_one(client: httpx.Client, tiktok: TikTokStandIn) -> None:
     tiktok.fault = reply(200, {"access_token": "act.new", "expires_in": 86400, "token_type": "Bearer"})
-    data = {"grant_type": "refresh_token", "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "refresh_token": "rft.old"}
+    data = {
+        "grant_type": "refresh_token",
+        "client_id": CLIENT_KEY,
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": "rft.old",
+    }
     response = client.post("/proxy/token", data=data)
     assert response.status_code == 200
     assert response.json()["refresh_token"] == "rft.old"
@@ -150,7 +155,11 @@ def test_client_credentials_grant(client: httpx.Client, tiktok: TikTokStandIn) -
         data={"grant_type": "client_credentials", "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET},
     )
     assert response.status_code == 200, response.text
-    assert response.json() == {"access_token": response.json()["access_token"], "token_type": "Bearer", "expires_in": 7200}
+    assert response.json() == {
+        "access_token": response.json()["access_token"],
+        "token_type": "Bearer",
+        "expires_in": 7200,
+    }
     assert tiktok.seen[0].form["grant_type"] == ["client_credentials"]
 
 
@@ -189,7 +198,13 @@ def test_only_what_tiktok_needs_is_forwarded(client: httpx.Client, tiktok: TikTo
     ],
 )
 def test_tiktok_refusals_become_oauth_errors(
-    client: httpx.Client, tiktok: TikTokStandIn, tiktok_status: int, breakage: str, status: int, error: str, description: str
+    client: httpx.Client,
+    tiktok: TikTokStandIn,
+    tiktok_status: int,
+    breakage: str,
+    status: int,
+    error: str,
+    description: str,
 ) -> None:
     tiktok.error_status = tiktok_status
     code = tiktok.issue_code(code_verifier=VERIFIER)
@@ -212,23 +227,41 @@ def test_tiktok_refusals_become_oauth_errors(
     ("answer", "status", "error", "description"),
     [
         (
-            {"data": {"captcha": "", "desc_url": "", "description": "Parameter error", "error_code": 10002}, "message": "error"},
+            {
+                "data": {"captcha": "", "desc_url": "", "description": "Parameter error", "error_code": 10002},
+                "message": "error",
+            },
             400,
             "invalid_request",
             "TikTok error 10002: Parameter error",
         ),
         (
-            {"data": {}, "error": {"code": "access_token_invalid", "message": "Access token is invalid", "log_id": "L0G1"}},
+            {
+                "data": {},
+                "error": {"code": "access_token_invalid", "message": "Access token is invalid", "log_id": "L0G1"},
+            },
             400,
             "access_token_invalid",
             "Access token is invalid",
         ),
-        ({"error": "server_error", "error_description": "Internal error.", "log_id": "L0G2"}, 502, "server_error", "Internal error."),
+        (
+            {"error": "server_error", "error_description": "Internal error.", "log_id": "L0G2"},
+            502,
+            "server_error",
+            "Internal error.",
+        ),
         ({"error": "temporarily_unavailable", "error_description": "Busy."}, 503, "temporarily_unavailable", "Busy."),
         ({"error": "bad code with spaces", "error_description": "odd"}, 400, "invalid_request", "odd"),
         ({"error": "invalid_grant"}, 400, "invalid_grant", "TikTok refused the request (invalid_grant)"),
     ],
-    ids=["v1-envelope", "resource-envelope", "server_error", "temporarily_unavailable", "malformed-code", "no-description"],
+    ids=[
+        "v1-envelope",
+        "resource-envelope",
+        "server_error",
+        "temporarily_unavailable",
+        "malformed-code",
+        "no-description",
+    ],
 )
 def test_every_tiktok_error_shape_is_understood(
     client: httpx.Client, tiktok: TikTokStandIn, answer: object, status: int, error: str, description: str
@@ -265,7 +298,11 @@ def test_v1_success_envelope_is_unwrapped(client: httpx.Client, tiktok: TikTokSt
 
 
 def test_rate_limiting_is_an_error_the_client_can_act_on(client: httpx.Client, tiktok: TikTokStandIn) -> None:
-    tiktok.fault = reply(429, {"error": {"code": "rate_limit_exceeded", "message": "slow down", "log_id": "L0G3"}}, **{"Retry-After": "30"})
+    tiktok.fault = reply(
+        429,
+        {"error": {"code": "rate_limit_exceeded", "message": "slow down", "log_id": "L0G3"}},
+        **{"Retry-After": "30"},
+    )
     response = client.post("/proxy/token", data=code_grant("any"))
     body = assert_oauth_error(response, 429, "temporarily_unavailable")
     assert response.headers["retry-after"] == "30"
@@ -279,7 +316,10 @@ def test_rate_limiting_is_an_error_the_client_can_act_on(client: httpx.Client, t
 @pytest.mark.parametrize(
     ("fault", "fragment"),
     [
-        (reply(500, "<html><body><h1>500 Internal Server Error</h1></body></html>", "text/html"), "HTTP 500 with a body that is not JSON"),
+        (
+            reply(500, "<html><body><h1>500 Internal Server Error</h1></body></html>", "text/html"),
+            "HTTP 500 with a body that is not JSON",
+        ),
         (reply(503, "<html>Service Unavailable</html>", "text/html"), "HTTP 503"),
         (reply(200, "<html>maintenance</html>", "text/html"), "not JSON"),
         (reply(200, "{not json"), "not JSON"),
@@ -295,7 +335,9 @@ def test_rate_limiting_is_an_error_the_client_can_act_on(client: httpx.Client, t
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
-def test_unusable_answers_are_502_and_never_echoed(client: httpx.Client, tiktok: TikTokStandIn, fault: object, fragment: str) -> None:
+def test_unusable_answers_are_502_and_never_echoed(
+    client: httpx.Client, tiktok: TikTokStandIn, fault: object, fragment: str
+) -> None:
     tiktok.fault = fault  # type: ignore[assignment]
     body = assert_oauth_error(client.post("/proxy/token", data=code_grant("any")), 502, "server_error")
     assert fragment in body["error_description"]
@@ -309,7 +351,9 @@ def test_missing_trailing_slash_gets_a_hint(proxy_with, tiktok: TikTokStandIn, b
     assert "trailing slash" in body["error_description"]
 
 
-@pytest.mark.parametrize("fault", [drip(b'{"access_token":"act.slow","expires_in":86400}', 0.2), silence()], ids=["drip", "silence"])
+@pytest.mark.parametrize(
+    "fault", [drip(b'{"access_token":"act.slow","expires_in":86400}', 0.2), silence()], ids=["drip", "silence"]
+)
 def test_a_slow_tiktok_hits_the_total_deadline(client: httpx.Client, tiktok: TikTokStandIn, fault: object) -> None:
     tiktok.fault = fault  # type: ignore[assignment]
     with timer() as elapsed:
@@ -392,7 +436,9 @@ def test_bad_requests_are_refused_before_tiktok(
 def test_an_oversized_body_is_413(client: httpx.Client, tiktok: TikTokStandIn, chunked: bool) -> None:
     body = b"grant_type=authorization_code&code=" + b"x" * (64 * 1024)
     content = iter([body[i : i + 4096] for i in range(0, len(body), 4096)]) if chunked else body
-    response = client.post("/proxy/token", content=content, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/proxy/token", content=content, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert_oauth_error(response, 413, "invalid_request")
     assert tiktok.seen == []
 
@@ -429,8 +475,13 @@ def test_healthz(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("GET", "/proxy/token", 405), ("PUT", "/proxy/token", 405), ("POST", "/healthz", 405), ("GET", "/nope", 404),
-        ("GET", "/", 404), ("POST", "/proxy/token//", 404), ("GET", "/healthz/", 404),
+        ("GET", "/proxy/token", 405),
+        ("PUT", "/proxy/token", 405),
+        ("POST", "/healthz", 405),
+        ("GET", "/nope", 404),
+        ("GET", "/", 404),
+        ("POST", "/proxy/token//", 404),
+        ("GET", "/healthz/", 404),
     ],
 )
 def test_unknown_routes_and_methods_answer_json(client: httpx.Client, method: str, path: str, status: int) -> None:
@@ -438,4 +489,3 @@ def test_unknown_routes_and_methods_answer_json(client: httpx.Client, method: st
     assert_oauth_error(response, status, "invalid_request")
     if status == 405:
         assert "POST" in response.headers["allow"] or "GET" in response.headers["allow"]
-

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from proxy import ConfigError, OAuthError, Settings, UpstreamReply, load_settings, logfmt, normalize_token_reply
+from tiktok_proxy.config import ConfigError, Settings, load_settings
+from tiktok_proxy.errors import OAuthError
+from tiktok_proxy.logs import logfmt
+from tiktok_proxy.tiktok import UpstreamReply, normalize_token_reply
 
 # ---------------------------------------------------------------------------------- configuration
 
@@ -32,7 +35,13 @@ def test_values_are_read() -> None:
             "WEB_CONCURRENCY": "4",
         }
     )
-    assert (settings.host, settings.port, settings.timeout, settings.log_level, settings.workers) == ("0.0.0.0", 8080, 2.5, "DEBUG", 4)
+    assert (settings.host, settings.port, settings.timeout, settings.log_level, settings.workers) == (
+        "0.0.0.0",
+        8080,
+        2.5,
+        "DEBUG",
+        4,
+    )
     assert settings.allowed_client_keys == frozenset({"aw1", "aw2"})
     assert settings.token_url == "http://127.0.0.1:9000/v2/oauth/token/"
 
@@ -67,7 +76,10 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
 
 def normalize(body: object, status: int = 200, **extra: str) -> dict[str, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_token_reply(UpstreamReply("https://tiktok.test/", status, raw, extra.get("log_id"), extra.get("retry_after")), secrets=["SECRET"])
+    return normalize_token_reply(
+        UpstreamReply("https://tiktok.test/", status, raw, extra.get("log_id"), extra.get("retry_after")),
+        secrets=["SECRET"],
+    )
 
 
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])
@@ -76,7 +88,11 @@ def test_token_type_is_normalized(token_type: str) -> None:
 
 
 def test_success_is_decided_by_the_body_not_the_status() -> None:
-    assert normalize({"access_token": "a", "expires_in": 60}, status=400) == {"access_token": "a", "token_type": "Bearer", "expires_in": 60}
+    assert normalize({"access_token": "a", "expires_in": 60}, status=400) == {
+        "access_token": "a",
+        "token_type": "Bearer",
+        "expires_in": 60,
+    }
 
 
 def test_an_error_wins_over_a_token_in_the_same_body() -> None:
@@ -87,7 +103,13 @@ def test_an_error_wins_over_a_token_in_the_same_body() -> None:
 
 def test_error_descriptions_are_cleaned_and_redacted() -> None:
     with pytest.raises(OAuthError) as caught:
-        normalize({"error": "invalid_client", "error_description": "bad secret SECRET\r\nInjected: yes" + "x" * 500, "log_id": "bad id\n"})
+        normalize(
+            {
+                "error": "invalid_client",
+                "error_description": "bad secret SECRET\r\nInjected: yes" + "x" * 500,
+                "log_id": "bad id\n",
+            }
+        )
     assert caught.value.status == 401
     assert "SECRET" not in caught.value.description
     assert "\n" not in caught.value.description and len(caught.value.description) <= 300

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from upstream import ConnectFailed, UpstreamClient
+from tiktok_proxy.upstream import ConnectFailed, UpstreamClient
 
 HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -83,7 +83,9 @@ def test_a_verified_tls_exchange_on_a_kept_alive_connection(ca: trustme.CA, http
     [("localhost", "CERTIFICATE_VERIFY_FAILED"), ("127.0.0.2", "could not connect")],
     ids=["untrusted-ca", "nothing-listening"],
 )
-def test_an_unverifiable_upstream_is_refused_before_anything_is_sent(https_upstream: str, url_host: str, fragment: str) -> None:
+def test_an_unverifiable_upstream_is_refused_before_anything_is_sent(
+    https_upstream: str, url_host: str, fragment: str
+) -> None:
     url = https_upstream.replace("localhost", url_host)
 
     async def scenario() -> None:

@@ -93,7 +93,9 @@ class TikTokStandIn:
             return params, self.fault()
         content_types = [v for k, v in raw_headers if k == "content-type"]
         if content_types != ["application/x-www-form-urlencoded"]:  # quirk Q3
-            return params, self.error("invalid_request", "Only `application/x-www-form-urlencoded` is accepted as Content-Type.")
+            return params, self.error(
+                "invalid_request", "Only `application/x-www-form-urlencoded` is accepted as Content-Type."
+            )
         client_key = params.get("client_key")
         if not client_key:
             return params, self.error("invalid_request", "The request parameters are malformed.")
@@ -114,7 +116,9 @@ class TikTokStandIn:
         if grant == "refresh_token":
             return self.refresh(client_key, params)
         if grant == "client_credentials":
-            return self.tokens({"access_token": f"clt.{secrets.token_urlsafe(24)}", "expires_in": 7200, "token_type": "Bearer"})
+            return self.tokens(
+                {"access_token": f"clt.{secrets.token_urlsafe(24)}", "expires_in": 7200, "token_type": "Bearer"}
+            )
         return self.error("unsupported_grant_type", "Grant type is not supported.")
 
     def exchange_code(self, client_key: str, params: dict[str, str]) -> Response:
@@ -193,7 +197,9 @@ def new_log_id() -> str:
 # ---- faults a test can plug in as `stand_in.fault = ...`
 
 
-def reply(status: int, body: bytes | str | object, content_type: str = "application/json", **headers: str) -> Callable[[], Response]:
+def reply(
+    status: int, body: bytes | str | object, content_type: str = "application/json", **headers: str
+) -> Callable[[], Response]:
     if not isinstance(body, (bytes, str)):
         return lambda: JSONResponse(body, status_code=status, headers=headers)
     return lambda: Response(body, status_code=status, media_type=content_type, headers=headers)

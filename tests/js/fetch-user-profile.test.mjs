@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { types } from 'node:util';
 import vm from 'node:vm';
 
-const SCRIPT = new URL('../../auth0/fetch-user-profile.js', import.meta.url);
+const SCRIPT = new URL('../../tiktok_proxy/auth0/fetch-user-profile.js', import.meta.url);
 const BASIC_FIELDS = ['open_id', 'union_id', 'avatar_url', 'avatar_url_100', 'avatar_large_url', 'display_name'];
 const PROFILE_FIELDS = ['username', 'bio_description', 'profile_deep_link', 'is_verified'];
 const USER = {

@@ -25,6 +25,7 @@ import httptools
 
 log = logging.getLogger("tiktok_proxy.upstream")
 
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -101,7 +102,9 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_message_begin(self) -> None:
-        self.status, self.headers, self.body = 0, {}, bytearray()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
         self.headers_done = self.framed = self.keep_alive = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -201,7 +204,9 @@ class UpstreamClient:
                 log.debug("upstream_connect host=%s port=%d attempt=%d", host, port, attempt)
                 return connection
             except ssl.SSLError as exc:
-                raise ConnectFailed(f"the TLS handshake with {host} failed ({exc.reason or type(exc).__name__})") from None
+                raise ConnectFailed(
+                    f"the TLS handshake with {host} failed ({exc.reason or type(exc).__name__})"
+                ) from None
             except OSError as exc:
                 if attempt == 2:
                     raise ConnectFailed(f"could not connect to {host} ({exc.strerror or type(exc).__name__})") from None

@@ -1,0 +1,159 @@
+"""The ASGI app: the routes, the rules every relayed request goes through, and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from . import tiktok
+from .config import Settings, settings_or_exit
+from .errors import NO_STORE, OAuthError, missing
+from .inbound import (
+    KNOWN_PARAMS,
+    check_allowed,
+    client_credentials,
+    one_of,
+    parse_params,
+    parse_query,
+    read_body,
+    unique_params,
+)
+from .logs import LOG_FORMAT, log, log_outcome, logfmt
+from .upstream import UpstreamClient
+
+
+async def relay(request: Request, to: tiktok.Relay) -> Response:
+    """Every rule of a relayed request, in order: parse, authenticate, allow, send once, normalize, log."""
+    settings: Settings = request.app.state.settings
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
+    try:
+        params = parse_params(request.headers.get("content-type", ""), await read_body(request))
+        if log.isEnabledFor(logging.DEBUG):
+            # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
+            known = sorted(name for name in params if name in KNOWN_PARAMS)
+            log.debug(logfmt(event=f"{to.event}_request", params=",".join(known), unknown_params=len(params) - len(known),
+                             authorization_header="authorization" in request.headers))  # fmt: skip
+        client_key, client_secret = client_credentials(request, params)
+        fields["client_key"] = client_key
+        check_allowed(settings, client_key)
+        form = to.build_form(params, client_key, client_secret)
+        fields["grant"] = form.get("grant_type")
+        reply = await tiktok.post_form(request.state.upstream, to.url(settings), form, settings.timeout)
+        fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
+        response: Response = JSONResponse(to.answer(reply, form), headers=NO_STORE)
+        outcome = "ok"
+    except OAuthError as err:
+        response, outcome = err.response(), err.error
+        fields["log_id"] = err.log_id or fields["log_id"]
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms)
+    return response
+
+
+async def token_endpoint(request: Request) -> Response:
+    """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
+    return await relay(request, tiktok.TOKEN)
+
+
+async def revoke_endpoint(request: Request) -> Response:
+    """POST /proxy/revoke: an RFC 7009 revocation, relayed to TikTok's revoke endpoint."""
+    return await relay(request, tiktok.REVOKE)
+
+
+async def authorize_endpoint(request: Request) -> Response:
+    """GET /proxy/authorize: redirect to TikTok's v2 authorize page, rewritten the way TikTok wants it."""
+    settings: Settings = request.app.state.settings
+    client_key = None
+    try:
+        params = unique_params(parse_query(request.url.query))
+        client_key = one_of(params, "client_id", "client_key")
+        if client_key is None:
+            raise missing("client_id")
+        check_allowed(settings, client_key)
+        query = tiktok.authorize_query(params, client_key)
+    except OAuthError as err:
+        log_outcome(err.status, event="authorize", outcome=err.error, client_key=client_key)
+        return err.response()
+    log_outcome(302, event="authorize", outcome="redirect", client_key=client_key)
+    # Only ever the configured TikTok URL: nothing in the request can choose where the browser goes.
+    location = f"{settings.authorize_url}?{urlencode(query)}"
+    return RedirectResponse(location, status_code=302, headers={**NO_STORE, "Referrer-Policy": "no-referrer"})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 as OAuth-style JSON, like every other answer (Starlette's default is plain text)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        description = f"method not allowed here; allowed: {(exc.headers or {}).get('Allow', '')}"
+    elif exc.status_code == 404:
+        description = "no such endpoint; the token endpoint is POST /proxy/token"
+    else:
+        description = "the request could not be handled"
+    body = {"error": "invalid_request", "error_description": description}
+    return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """Last resort: a JSON answer, never an HTML page. (uvicorn still logs the traceback.)"""
+    body = {"error": "server_error", "error_description": "unexpected error in the proxy; see its log"}
+    return JSONResponse(body, status_code=500, headers=NO_STORE)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app."""
+    settings = settings or settings_or_exit()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        log.setLevel(settings.log_level)
+        # uvicorn's access log prints query strings, where a careless client may put a secret; the proxy's own
+        # line per exchange replaces it, however the server was started.
+        logging.getLogger("uvicorn.access").disabled = True
+        if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
+            logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+        log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
+                        timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys)))  # fmt: skip
+        if not settings.allowed_client_keys:
+            log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
+        # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
+        # which otherwise shows up as latency spikes under load.
+        gc.freeze()
+        client = UpstreamClient(max_body=tiktok.MAX_UPSTREAM_BYTES)
+        try:
+            yield {"upstream": client}
+        finally:
+            await client.aclose()
+
+    routes = [
+        Route(path, endpoint, methods=[method])
+        for base, endpoint, method in [
+            ("/proxy/token", token_endpoint, "POST"),
+            ("/proxy/revoke", revoke_endpoint, "POST"),
+            ("/proxy/authorize", authorize_endpoint, "GET"),
+        ]
+        for path in (base, base + "/")  # TikTok's own URLs end in '/', so users may paste ours that way too
+    ]
+    app = Starlette(
+        routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False  # a 307 would make the client re-send its secret; answer or 404
+    app.state.settings = settings
+    return app

@@ -1,0 +1,219 @@
+"""`doctor`: one line per check, each problem with its fix, before a real login fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, load_settings
+from .management import AdminError, AdminSettings, management
+from .setup import PROFILE_SCRIPT
+
+
+@dataclass
+class Finding:
+    level: str  # ok, warning or problem
+    what: str
+    fix: str = ""
+
+
+def doctor(settings: AdminSettings, out: Callable[[str], None], environ: Mapping[str, str] | None = None) -> bool:
+    """Print one line per check; True when nothing is a problem."""
+    proxy_settings: Settings | None
+    try:
+        proxy_settings = load_settings(environ)
+        findings = list(check_proxy_configuration(proxy_settings))
+    except ConfigError as err:
+        proxy_settings = None
+        findings = [Finding("problem", f"the proxy's configuration does not load: {err}", err.fix)]
+    findings += check_public_url(settings)
+    findings += check_redirect_uri(settings)
+    findings += check_connection(settings, proxy_settings)
+    for finding in findings:
+        line = f"{finding.level:<8} {finding.what}"
+        out(line + (f"\n         fix: {finding.fix}" if finding.fix else ""))
+    problems = sum(f.level == "problem" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    out(f"{problems} problem(s), {warnings} warning(s)")
+    return problems == 0
+
+
+def check_proxy_configuration(settings: Settings) -> Iterable[Finding]:
+    yield Finding("ok", "the proxy's configuration loads")
+    for name, url in (("TIKTOK_TOKEN_URL", settings.token_url), ("TIKTOK_REVOKE_URL", settings.revoke_url)):
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            yield Finding("warning", f"{name} is {url}: plain http, fine for a local stand-in only")
+        elif not parts.path.endswith("/"):
+            yield Finding(
+                "problem", f"{name} has no trailing slash", 'TikTok answers 404 "Unsupported path(Janus)" without it'
+            )
+        else:
+            yield Finding("ok", f"{name} is https with its trailing slash")
+    if not settings.allowed_client_keys:
+        yield Finding(
+            "warning",
+            "ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key",
+            "set it to your TikTok client key",
+        )
+
+
+def check_public_url(settings: AdminSettings) -> Iterable[Finding]:
+    if not settings.public_url:
+        yield Finding(
+            "warning",
+            "PUBLIC_URL is not set: cannot check that Auth0 can reach the proxy",
+            "set it to the https address (e.g. ngrok's)",
+        )
+        return
+    if not settings.public_url.startswith("https://"):
+        yield Finding(
+            "problem",
+            f"PUBLIC_URL {settings.public_url} is not https",
+            "Auth0 calls the Token URL over the internet: use https",
+        )
+    try:
+        response = httpx.get(f"{settings.public_url}/healthz", timeout=10, follow_redirects=False)
+        healthy = response.status_code == 200 and response.json().get("status") == "ok"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        healthy = False
+    if healthy:
+        yield Finding("ok", f"the proxy answers at {settings.public_url}/healthz")
+    else:
+        yield Finding(
+            "problem",
+            f"nothing healthy answers at {settings.public_url}/healthz",
+            "start the proxy and the tunnel (ngrok http 3333)",
+        )
+
+
+def check_redirect_uri(settings: AdminSettings) -> Iterable[Finding]:
+    uri = settings.redirect_uri
+    if not uri:
+        yield Finding("warning", "AUTH0_DOMAIN is not set: cannot check the TikTok redirect URI")
+        return
+    parts = urlsplit(uri)
+    broken = [
+        rule for rule, bad in [
+            ("https", parts.scheme != "https"), ("under 512 characters", len(uri) >= 512),
+            ("no query", bool(parts.query)), ("no fragment", bool(parts.fragment)),
+        ] if bad
+    ]  # fmt: skip
+    if broken:
+        yield Finding("problem", f"the TikTok redirect URI {uri} breaks TikTok's rules: {', '.join(broken)}")
+    else:
+        yield Finding("ok", f"register this redirect URI in TikTok's portal: {uri}")
+
+
+def check_connection(settings: AdminSettings, proxy_settings: Settings | None) -> Iterable[Finding]:
+    if not settings.auth0_base or not (settings.mgmt_token or settings.mgmt_client_id):
+        yield Finding("warning", "no Auth0 Management API credentials: the connection was not checked")
+        return
+    api, http = management(settings)
+    with http:
+        try:
+            connection = api.connection_named(settings.connection_name)
+            if connection is None:
+                yield Finding(
+                    "problem",
+                    f"Auth0 has no connection named {settings.connection_name}",
+                    "run: python proxy.py setup-auth0",
+                )
+                return
+            enabled = api.enabled_clients(connection["id"])
+        except AdminError as err:
+            yield Finding("problem", str(err))
+            return
+    allowed = proxy_settings.allowed_client_keys if proxy_settings else frozenset()
+    yield from check_connection_options(settings, connection.get("options") or {}, allowed)
+    if enabled:
+        yield Finding("ok", f"the connection is enabled for {len(enabled)} application(s)")
+    else:
+        yield Finding(
+            "problem",
+            "the connection is enabled for no application",
+            "enable it under the connection's Applications tab, or setup-auth0 --app",
+        )
+
+
+def check_connection_options(
+    settings: AdminSettings, options: Mapping[str, Any], allowed: frozenset[str]
+) -> Iterable[Finding]:
+    token_url = str(options.get("tokenURL", ""))
+    authorize_url = str(options.get("authorizationURL", ""))
+    expected = f"{settings.public_url}/proxy/token" if settings.public_url else None
+    if expected and token_url.rstrip("/") == expected:
+        yield Finding("ok", "the Token URL points at this proxy")
+    elif not expected and token_url.rstrip("/").endswith("/proxy/token"):
+        yield Finding("ok", f"the Token URL is a proxy's: {token_url}")
+    else:
+        yield Finding(
+            "problem",
+            f"the Token URL is {token_url or '(unset)'}",
+            f"set it to {expected or 'https://<proxy>/proxy/token'}",
+        )
+
+    via_proxy = authorize_url.rstrip("/").endswith("/proxy/authorize")
+    if "tiktok.com/auth/authorize" in authorize_url or "open-api.tiktok.com" in authorize_url:
+        yield Finding(
+            "problem", f"the Authorization URL {authorize_url} is TikTok's retired v1", f"use {DEFAULT_AUTHORIZE_URL}"
+        )
+    elif via_proxy or "/v2/auth/authorize" in authorize_url:
+        yield Finding("ok", "the Authorization URL is v2" + (" (through the proxy)" if via_proxy else ""))
+    else:
+        yield Finding(
+            "problem",
+            f"the Authorization URL {authorize_url or '(unset)'} is not TikTok's v2 one",
+            f"use {DEFAULT_AUTHORIZE_URL}",
+        )
+
+    client_key = ((options.get("upstream_params") or {}).get("client_key") or {}).get("value")
+    if client_key or via_proxy:
+        yield Finding(
+            "ok",
+            "TikTok gets client_key on the authorize page"
+            + (" (upstream_params)" if client_key else " (the proxy adds it)"),
+        )
+    else:
+        yield Finding(
+            "problem",
+            "nothing adds client_key to the authorize request",
+            "run setup-auth0, or use the proxy's /proxy/authorize",
+        )
+
+    scope = options.get("scope")
+    if isinstance(scope, str) and " " in scope.strip() and not options.get("useOauthSpecScope"):
+        yield Finding(
+            "problem",
+            f"the scopes {scope!r} are space-separated",
+            "TikTok wants commas: user.info.basic,user.info.profile",
+        )
+    else:
+        yield Finding("ok", f"the scopes are {scope!r}")
+
+    script = str((options.get("scripts") or {}).get("fetchUserProfile", ""))
+    if " ".join(script.split()) == " ".join(PROFILE_SCRIPT.read_text().split()):
+        yield Finding("ok", "the Fetch User Profile script is the shipped one")
+    elif "res.data.user" in script:
+        yield Finding(
+            "problem",
+            "the Fetch User Profile script is the one from Auth0's guide, which always fails",
+            "run setup-auth0",
+        )
+    else:
+        yield Finding(
+            "warning",
+            "the Fetch User Profile script is not the shipped one",
+            "compare with tiktok_proxy/auth0/fetch-user-profile.js",
+        )
+
+    if allowed and options.get("client_id") not in allowed:
+        yield Finding(
+            "problem",
+            "the connection's Client ID is not in ALLOWED_CLIENT_KEYS: the proxy would refuse every login",
+            "add it",
+        )

@@ -1,0 +1,88 @@
+"""The command line: with no command it serves; `setup-auth0`, `doctor` and `revoke-user` manage Auth0.
+
+It sits on top of everything: the serving side never imports it, and it loads the Auth0 tooling only for
+those commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import uvicorn
+
+from .config import ConfigError, settings_or_exit
+from .logs import logging_config, redact
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="TikTok token proxy for Auth0 custom social connections. With no command, it serves."
+    )
+    parser.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT, or 3333)")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    setup = commands.add_parser("setup-auth0", help="create or update the Auth0 connection through the Management API")
+    setup.add_argument("--dry-run", action="store_true", help="show the changes without writing them")
+    setup.add_argument(
+        "--use-proxy-authorize", action="store_true", help="Authorization URL: PUBLIC_URL/proxy/authorize"
+    )
+    setup.add_argument(
+        "--app", action="append", metavar="CLIENT_ID", help="enable the connection for this Auth0 application"
+    )
+    doctor = commands.add_parser("doctor", help="check the proxy, the tunnel and the Auth0 connection")
+    revoke = commands.add_parser("revoke-user", help="revoke an Auth0 user's TikTok grant (account deletion)")
+    revoke.add_argument("user_id", help="the Auth0 user id, e.g. oauth2|tiktok|<open_id>")
+    revoke.add_argument("--delete-user", action="store_true", help="then delete the Auth0 user, once the revoke worked")
+    revoke.add_argument("--force", action="store_true", help="with --delete-user: delete even if the revoke failed")
+    for command in (setup, doctor, revoke):
+        command.add_argument("--domain", help="Auth0 domain (default: AUTH0_DOMAIN)")
+        command.add_argument("--connection", help="connection name (default: AUTH0_CONNECTION_NAME, or tiktok)")
+    for command in (setup, doctor):
+        command.add_argument("--public-url", help="where Auth0 reaches the proxy (default: PUBLIC_URL)")
+    args = parser.parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+    if args.command:
+        raise SystemExit(run_command(args))
+    serve(args.host, args.port)
+
+
+def serve(host: str | None, port: int | None) -> None:
+    settings = settings_or_exit()
+    uvicorn.run(
+        "proxy:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=settings.workers,
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
+        # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
+        timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `setup-auth0`, `doctor` or `revoke-user`; the exit status."""
+    # The Auth0 tooling loads only here: serving never needs it.
+    from .auth0.doctor import doctor
+    from .auth0.management import AdminError, AdminSettings, load_admin_settings
+    from .auth0.revoke_user import revoke_user
+    from .auth0.setup import setup_auth0
+
+    settings: AdminSettings | None = None
+    try:
+        settings = load_admin_settings(vars(args))
+        if args.command == "setup-auth0":
+            setup_auth0(settings, dry_run=args.dry_run, use_proxy_authorize=args.use_proxy_authorize, out=print)
+        elif args.command == "doctor":
+            return 0 if doctor(settings, print) else 1
+        elif args.command == "revoke-user":
+            revoke_user(settings, args.user_id, delete_user=args.delete_user, force=args.force, out=print)
+    except (AdminError, ConfigError) as err:
+        print(f"tiktok-token-proxy: {redact(str(err), settings.secrets() if settings else [])}", file=sys.stderr)
+        return 1
+    return 0

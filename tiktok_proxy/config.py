@@ -1,0 +1,143 @@
+"""Configuration: read once from the environment and an optional `.env`, validated, frozen.
+
+A bad value raises ConfigError with one line that names the variable; `settings_or_exit` prints it and stops.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from dotenv import find_dotenv, load_dotenv
+
+DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
+DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
+DEFAULT_REVOKE_URL = "https://open.tiktokapis.com/v2/oauth/revoke/"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3333  # the port Auth0's TikTok guide uses
+    token_url: str = DEFAULT_TOKEN_URL
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    revoke_url: str = DEFAULT_REVOKE_URL
+    timeout: float = 10.0  # total seconds for one upstream exchange
+    allowed_client_keys: frozenset[str] = field(default_factory=frozenset)
+    log_level: str = "INFO"
+    workers: int = 1
+
+
+class ConfigError(Exception):
+    """A bad configuration value. The message is one line that names the variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+    @property
+    def fix(self) -> str:
+        """What a good value looks like, for `doctor`."""
+        return f"set {self.variable} to {GOOD_VALUES.get(self.variable, 'a valid value')}"
+
+
+# What a good value of each variable looks like.
+GOOD_VALUES = {
+    "PORT": "a port from 1 to 65535, e.g. 3333",
+    "TIKTOK_TOKEN_URL": f"an https URL with its trailing slash, e.g. {DEFAULT_TOKEN_URL}",
+    "TIKTOK_AUTHORIZE_URL": f"an https URL, e.g. {DEFAULT_AUTHORIZE_URL}",
+    "TIKTOK_REVOKE_URL": f"an https URL with its trailing slash, e.g. {DEFAULT_REVOKE_URL}",
+    "TIKTOK_TIMEOUT": "seconds from 0.1 to 120, e.g. 10",
+    "LOG_LEVEL": f"one of {', '.join(LOG_LEVELS)}, e.g. INFO",
+    "WEB_CONCURRENCY": "a whole number of workers from 1 to 64, e.g. 2",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `environ`, or from the process environment plus an optional `.env`."""
+    if environ is None:
+        load_dotenv(find_dotenv(usecwd=True))  # variables already set win over the file
+        environ = os.environ
+    defaults = Settings()
+
+    def raw(name: str) -> str | None:
+        value = environ.get(name, "").strip()
+        return value or None
+
+    return Settings(
+        host=raw("HOST") or defaults.host,
+        port=bounded(int, "PORT", raw("PORT"), defaults.port, 1, 65535),
+        token_url=upstream_url("TIKTOK_TOKEN_URL", raw("TIKTOK_TOKEN_URL") or defaults.token_url),
+        authorize_url=upstream_url("TIKTOK_AUTHORIZE_URL", raw("TIKTOK_AUTHORIZE_URL") or defaults.authorize_url),
+        revoke_url=upstream_url("TIKTOK_REVOKE_URL", raw("TIKTOK_REVOKE_URL") or defaults.revoke_url),
+        timeout=bounded(float, "TIKTOK_TIMEOUT", raw("TIKTOK_TIMEOUT"), defaults.timeout, 0.1, 120),
+        allowed_client_keys=comma_set(raw("ALLOWED_CLIENT_KEYS")),
+        log_level=log_level(raw("LOG_LEVEL") or defaults.log_level),
+        workers=bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
+    )
+
+
+Number = TypeVar("Number", int, float)
+
+
+def bounded(
+    cast: Callable[[str], Number], name: str, value: str | None, default: Number, low: float, high: float
+) -> Number:
+    if value is None:
+        return default
+    try:
+        number = cast(value)
+    except ValueError:
+        raise ConfigError(name, f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(name, f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def comma_set(value: str | None) -> frozenset[str]:
+    return frozenset(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def upstream_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"{name} must be an absolute https URL, got {value!r}")
+    # Client secrets travel to these URLs: plain http is only for a stand-in on this machine.
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(name, f"{name} must use https (http is accepted only for localhost), got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(name, f"{name} must not carry a query or a fragment, got {value!r}")
+    # Quirk Q5: TikTok answers 404 "Unsupported path(Janus)" when the trailing slash is missing.
+    if parts.hostname.endswith("tiktokapis.com") and not parts.path.endswith("/"):
+        raise ConfigError(name, f"{name} must end with '/' (TikTok answers 404 without it), got {value!r}")
+    return value
+
+
+def is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ConfigError("LOG_LEVEL", f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.upper()
+
+
+def settings_or_exit() -> Settings:
+    """Load settings; on a bad value print one line naming the variable and stop (no traceback)."""
+    try:
+        return load_settings()
+    except ConfigError as err:
+        print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,46 @@
+"""OAuth2 error answers (RFC 6749 §5.2). Every refusal and failure the proxy reports is an OAuthError."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
+
+class OAuthError(Exception):
+    """An RFC 6749 §5.2 error answer. Descriptions are written here and never carry a secret."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        log_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.log_id = log_id
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.error, "error_description": self.description}
+        if self.log_id:
+            body["log_id"] = self.log_id  # TikTok support asks for it
+        headers = {**NO_STORE, **self.headers}
+        if self.status == 401:
+            headers.setdefault("WWW-Authenticate", 'Basic realm="tiktok-token-proxy"')
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def invalid_request(description: str) -> OAuthError:
+    return OAuthError(400, "invalid_request", description)
+
+
+def missing(name: str) -> OAuthError:
+    return invalid_request(f"missing required parameter: {name}")

@@ -1,0 +1,157 @@
+"""Reading Auth0's request: the body cap, form or JSON parameters, and the client credentials (body or Basic).
+
+Everything here refuses bad input with an OAuthError before TikTok is called, and names only known
+parameters in its messages, never a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, unquote_plus
+
+from starlette.requests import ClientDisconnect, Request
+
+from .config import Settings
+from .errors import OAuthError, invalid_request, missing
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FIELDS = 64
+# Parameter names this proxy knows; only these are ever named back in an error message.
+KNOWN_PARAMS = frozenset(
+    {
+        "client_id", "client_key", "client_secret", "grant_type", "code", "redirect_uri",
+        "code_verifier", "refresh_token", "scope", "state", "response_type", "code_challenge",
+        "code_challenge_method", "disable_auto_auth", "token", "token_type_hint",
+    }
+)  # fmt: skip
+
+
+def body_too_large() -> OAuthError:
+    return OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
+
+
+async def read_body(request: Request) -> bytes:
+    """Read the body, refusing more than MAX_BODY_BYTES whatever Content-Length claims."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise body_too_large()
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise body_too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise invalid_request("the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def parse_params(content_type: str, body: bytes) -> dict[str, str]:
+    """Parse a form or JSON body into single-valued parameters (RFC 6749 §3.2: no repeats)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        pairs = _form_pairs(body)
+    elif media_type == "application/json":
+        pairs = _json_pairs(body)
+    else:
+        raise invalid_request("send the parameters as application/x-www-form-urlencoded (or application/json)")
+    return unique_params(pairs)
+
+
+def unique_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            named = f"parameter {name}" if name in KNOWN_PARAMS else "a parameter"
+            raise invalid_request(f"{named} is repeated; send each parameter once")
+        params[name] = value
+    # RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+    return {name: value for name, value in params.items() if value != ""}
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except ValueError:  # too many fields, or percent-escapes that are not UTF-8
+        raise invalid_request(f"the parameters are not valid UTF-8 form encoding, or more than {MAX_FIELDS}") from None
+
+
+def _form_pairs(body: bytes) -> list[tuple[str, str]]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_request("the body is not valid UTF-8") from None
+    return parse_query(text)
+
+
+class _JSONObject(list[tuple[str, object]]):
+    """The key/value pairs of a JSON object, in order, so repeated keys can be seen."""
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, str]]:
+    try:
+        document = json.loads(body, object_pairs_hook=_JSONObject)
+    except (ValueError, RecursionError):
+        raise invalid_request("the body is not valid JSON") from None
+    if not isinstance(document, _JSONObject):
+        raise invalid_request("the JSON body must be an object")
+    if len(document) > MAX_FIELDS:
+        raise invalid_request("the body has too many parameters")
+    pairs = []
+    for name, value in document:
+        if not isinstance(value, str):
+            named = f"parameter {name}" if name in KNOWN_PARAMS else "every parameter"
+            raise invalid_request(f"{named} must be a string")
+        pairs.append((name, value))
+    return pairs
+
+
+def client_credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:
+    """The client key and secret, from the body or from HTTP Basic (RFC 6749 §2.3.1), not both."""
+    body_key = one_of(params, "client_id", "client_key")
+    body_secret = params.get("client_secret")
+    authorizations = request.headers.getlist("authorization")
+    if len(authorizations) > 1:
+        raise invalid_request("send one Authorization header")
+    scheme, _, credentials = (authorizations or [""])[0].strip().partition(" ")
+    if scheme.lower() != "basic":
+        if body_key is None:
+            raise missing("client_id")
+        if body_secret is None:
+            raise missing("client_secret")
+        return body_key, body_secret
+    basic_key, basic_secret = _decode_basic(credentials.strip())
+    if body_secret is not None or (body_key is not None and body_key != basic_key):
+        raise invalid_request("send the client credentials in the body or as HTTP Basic, not both")
+    return basic_key, basic_secret
+
+
+def one_of(params: Mapping[str, str], name: str, synonym: str) -> str | None:
+    """The value of a parameter that has a synonym (client_id / client_key); they must not disagree."""
+    if name in params and synonym in params and params[name] != params[synonym]:
+        raise invalid_request(f"{name} and {synonym} differ; send one of them")
+    return params.get(name, params.get(synonym))
+
+
+def _decode_basic(credentials: str) -> tuple[str, str]:
+    malformed = OAuthError(401, "invalid_client", "the HTTP Basic credentials are malformed")
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise malformed from None
+    key, colon, secret = decoded.partition(":")
+    # RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
+    key, secret = unquote_plus(key), unquote_plus(secret)
+    if not colon or not key or not secret:
+        raise malformed
+    return key, secret
+
+
+def check_allowed(settings: Settings, client_key: str) -> None:
+    """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay."""
+    if settings.allowed_client_keys and client_key not in settings.allowed_client_keys:
+        raise OAuthError(401, "invalid_client", "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)")

@@ -1,0 +1,298 @@
+"""Everything TikTok: the forms its endpoints want, the call, and how its answers become standard OAuth2.
+
+Each quirk is handled here, once, with its number from ../shared/reference/tiktok-oauth.md:
+Q1 client_key (forms, authorize query), Q2 comma scopes (authorize query, token answer), Q3 one form
+Content-Type (UPSTREAM_HEADERS), Q4 errors with HTTP 200 (normalize_token_reply), Q5 trailing slash
+(config.upstream_url, _unusable), Q8 rotating refresh tokens (token_answer), Q9 flat errors and the
+resource envelope (_tiktok_error), Q10 token_type case (_token_payload), and the legacy v1 `data` envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from .config import Settings
+from .errors import OAuthError, missing
+from .logs import redact
+from .upstream import ConnectFailed, UpstreamClient, UpstreamError
+
+# ------------------------------------------------------------------------------------ outbound forms
+
+# What TikTok needs for each grant: (required, optional) parameters besides the client credentials.
+GRANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "authorization_code": (("code", "redirect_uri"), ("code_verifier",)),
+    "refresh_token": (("refresh_token",), ()),
+    "client_credentials": ((), ()),
+}
+
+
+def token_form(params: Mapping[str, str], client_key: str, client_secret: str) -> dict[str, str]:
+    """The form TikTok's token endpoint wants for this grant (quirk Q1: client_key, never client_id)."""
+    grant = params.get("grant_type")
+    if grant is None:
+        raise missing("grant_type")
+    if grant not in GRANTS:
+        raise OAuthError(400, "unsupported_grant_type", f"grant_type must be one of: {', '.join(GRANTS)}")
+    required, optional = GRANTS[grant]
+    for name in required:
+        if name not in params:
+            raise missing(name)
+    form = {"client_key": client_key, "client_secret": client_secret, "grant_type": grant}
+    # code_verifier passes through untouched: its encoding (hex for TikTok desktop) is the client's choice.
+    form.update({name: params[name] for name in (*required, *optional) if name in params})
+    return form
+
+
+def revoke_form(params: Mapping[str, str], client_key: str, client_secret: str) -> dict[str, str]:
+    """The form TikTok's revoke endpoint wants: RFC 7009's `token` (TikTok revokes the user's access token)."""
+    if "token" not in params:
+        raise missing("token")
+    return {"client_key": client_key, "client_secret": client_secret, "token": params["token"]}
+
+
+AUTHORIZE_DROPPED = frozenset({"client_id", "client_key", "client_secret"})
+
+
+def authorize_query(params: Mapping[str, str], client_key: str) -> dict[str, str]:
+    """The authorize page's query: client_key in place of client_id (Q1), scopes joined by commas (Q2)."""
+    query = {"client_key": client_key}
+    for name, value in params.items():
+        if name == "scope":
+            value = ",".join(split_scopes(value))
+        if name not in AUTHORIZE_DROPPED:  # a secret never belongs in a browser URL
+            query[name] = value
+    return query
+
+
+def split_scopes(scope: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", scope) if item]
+
+
+# -------------------------------------------------------------------------------------- the call
+
+MAX_UPSTREAM_BYTES = 1024 * 1024
+# Quirk Q3: exactly one Content-Type, with no charset suffix. Identity: the client does not decompress.
+UPSTREAM_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Accept": "application/json",
+    "Accept-Encoding": "identity",
+    "Cache-Control": "no-cache",
+    "User-Agent": "tiktok-token-proxy",
+}
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    url: str
+    status: int
+    body: bytes
+    log_id: str | None  # TikTok's x-tt-logid header, when it sends one
+    retry_after: str | None
+
+
+async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
+    """POST a form within one total deadline. Failures become 502 or 504 OAuth errors that say what happened."""
+    try:
+        # One deadline for the whole exchange, however slowly TikTok drips its answer.
+        async with asyncio.timeout(timeout):
+            answer = await client.post(url, urlencode(form).encode(), UPSTREAM_HEADERS)
+    except TimeoutError:
+        raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
+    except ConnectFailed as exc:
+        raise OAuthError(502, "server_error", f"TikTok is unreachable: {exc}") from None
+    except UpstreamError as exc:
+        raise OAuthError(502, "server_error", f"the exchange with TikTok failed: {exc}") from None
+    except OSError as exc:
+        raise OAuthError(502, "server_error", f"the exchange with TikTok failed ({type(exc).__name__})") from None
+    return UpstreamReply(
+        url=url,
+        status=answer.status,
+        body=answer.body,
+        log_id=answer.headers.get("x-tt-logid"),
+        retry_after=answer.headers.get("retry-after"),
+    )
+
+
+# ------------------------------------------------------------------------ answer normalization
+
+# TikTok's error codes that are not plain "400 Bad Request" for the client.
+ERROR_STATUS = {"invalid_client": 401, "server_error": 502, "temporarily_unavailable": 503}
+ERROR_CODE_SHAPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 error charset
+LOG_ID_SHAPE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def normalize_token_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """Turn whatever TikTok answered into a standard token response, or raise the right OAuthError.
+
+    Quirk Q4: success is decided by the body, never by TikTok's HTTP status.
+    """
+    document = _json_or_none(reply.body)
+    parts = _payload_parts(document)
+    raise_tiktok_error(reply, parts, secrets)
+    for part in parts:
+        token = part.get("access_token")
+        if isinstance(token, str) and token:
+            return _token_payload(part)
+    raise _unusable(reply, document, "neither a token nor an error")
+
+
+def normalize_revoke_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """TikTok documents an empty answer for a revoke that worked; an empty body and `{}` are alike."""
+    document = _json_or_none(reply.body) if reply.body.strip() else {}
+    raise_tiktok_error(reply, _payload_parts(document), secrets)
+    if 200 <= reply.status < 300 and isinstance(document, dict):
+        return {}
+    raise _unusable(reply, document, "not a revocation answer")
+
+
+def token_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:
+    payload = normalize_token_reply(reply, secrets=form.values())
+    if form["grant_type"] == "refresh_token" and "refresh_token" not in payload:
+        payload["refresh_token"] = form["refresh_token"]  # quirk Q8: keep the client able to refresh
+    return payload
+
+
+def revoke_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:
+    return normalize_revoke_reply(reply, secrets=form.values())
+
+
+def raise_tiktok_error(reply: UpstreamReply, parts: list[dict[str, Any]], secrets: Iterable[str]) -> None:
+    for part in parts:
+        error = _tiktok_error(part)
+        if error is not None:
+            code, description, log_id = error
+            raise _client_error(reply, code, description, log_id or reply.log_id, secrets)
+
+
+def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
+    if reply.status == 429:
+        return _rate_limited(reply, reply.log_id)
+    if reply.status == 404:
+        description = f"TikTok answered HTTP 404 for {reply.url}; check the URL (TikTok needs the trailing slash)"
+    elif 300 <= reply.status < 400:
+        description = f"TikTok answered with a redirect (HTTP {reply.status}), which the proxy does not follow"
+    elif not reply.body.strip():
+        description = f"TikTok answered HTTP {reply.status} with an empty body"
+    elif document is None:
+        description = f"TikTok answered HTTP {reply.status} with a body that is not JSON"
+    else:
+        description = f"TikTok answered HTTP {reply.status} with JSON that is {what}"
+    return OAuthError(502, "server_error", description, log_id=reply.log_id)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _payload_parts(document: Any) -> list[dict[str, Any]]:
+    """The objects that may hold a token or an error: the answer itself, then a legacy `data` envelope."""
+    if not isinstance(document, dict):
+        return []
+    inner = document.get("data")
+    return [document, inner] if isinstance(inner, dict) else [document]
+
+
+def _tiktok_error(part: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """(code, description, log_id) when this object reports an error, in any shape TikTok has used."""
+    error = part.get("error")
+    if isinstance(error, str) and error:  # v2 OAuth: flat {error, error_description, log_id}
+        return error, part.get("error_description"), part.get("log_id")
+    if isinstance(error, dict) and error.get("code") not in (None, "", "ok", 0):  # v2 resource envelope
+        return str(error["code"]), error.get("message"), error.get("log_id")
+    code = part.get("error_code")  # v1: {"data": {"error_code": 10002, "description": ...}, "message": "error"}
+    if code not in (None, "", 0, "0"):
+        return (
+            "invalid_request",
+            f"TikTok error {code}: {part.get('description') or 'no description'}",
+            part.get("log_id"),
+        )
+    return None
+
+
+def _client_error(reply: UpstreamReply, code: str, description: Any, log_id: Any, secrets: Iterable[str]) -> OAuthError:
+    clean_log_id = _clean_log_id(log_id)
+    if reply.status == 429 or code == "rate_limit_exceeded":
+        return _rate_limited(reply, clean_log_id)
+    if not ERROR_CODE_SHAPE.fullmatch(code):
+        code = "invalid_request"
+    text = _clean_text(description, secrets) or f"TikTok refused the request ({code})"
+    return OAuthError(ERROR_STATUS.get(code, 400), code, text, log_id=clean_log_id)
+
+
+def _rate_limited(reply: UpstreamReply, log_id: str | None) -> OAuthError:
+    retry_after = reply.retry_after if reply.retry_after and reply.retry_after.isdigit() else None
+    wait = f"retry after {retry_after} seconds" if retry_after else "retry later"
+    return OAuthError(
+        429,
+        "temporarily_unavailable",
+        f"TikTok is rate-limiting token requests; {wait}",
+        log_id=log_id,
+        headers={"Retry-After": retry_after} if retry_after else None,
+    )
+
+
+def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
+    def unusable(what: str) -> OAuthError:
+        return OAuthError(502, "server_error", f"TikTok's token answer has {what}")
+
+    token_type = part.get("token_type", "Bearer")
+    # Quirk Q10: "Bearer" in the docs, "bearer" elsewhere.
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise unusable("a token_type other than Bearer")
+    payload: dict[str, Any] = {"access_token": part["access_token"], "token_type": "Bearer"}
+    for name in ("expires_in", "refresh_expires_in"):
+        value = part.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise unusable(f"a {name} that is not a whole number of seconds")
+        payload[name] = value
+    for name in ("refresh_token", "open_id", "scope"):
+        value = part.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise unusable(f"a {name} that is not a string")
+        payload[name] = value
+    if "scope" in payload:  # quirk Q2: TikTok joins scopes with commas; RFC 6749 §3.3 with spaces
+        payload["scope"] = " ".join(split_scopes(payload["scope"]))
+    return payload
+
+
+def _clean_text(value: Any, secrets: Iterable[str]) -> str:
+    if not isinstance(value, str):
+        return ""
+    # Redact before truncating, so no fragment of a secret can survive.
+    return CONTROL_CHARS.sub(" ", redact(value, secrets)).strip()[:300]
+
+
+def _clean_log_id(value: Any) -> str | None:
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return text if LOG_ID_SHAPE.fullmatch(text) else None
+
+
+# ------------------------------------------------------------------------- the endpoints relayed
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One TikTok OAuth endpoint the proxy relays to: what to send it, and how to read its answer."""
+
+    event: str  # names the exchange in the log line
+    url: Callable[[Settings], str]
+    build_form: Callable[[Mapping[str, str], str, str], dict[str, str]]
+    answer: Callable[[UpstreamReply, Mapping[str, str]], dict[str, Any]]
+
+
+TOKEN = Relay("token", lambda settings: settings.token_url, token_form, token_answer)
+REVOKE = Relay("revoke", lambda settings: settings.revoke_url, revoke_form, revoke_answer)
