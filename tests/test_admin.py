@@ -304,7 +304,9 @@ def test_a_tenant_with_many_applications_is_read_to_the_last_page(
     assert "the connection is enabled for 251 application(s)" in report, report
 
 
-def test_doctor_names_the_bad_variable_and_a_good_value(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_names_the_bad_variable_and_a_good_value(
+    healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     healthy_tenant["TIKTOK_TIMEOUT"] = "soon"
     healthy, report = run_doctor(healthy_tenant, monkeypatch)
     assert not healthy

@@ -15,6 +15,7 @@ RANK = {
     "tiktok_proxy.config": 0,
     "tiktok_proxy.errors": 0,
     "tiktok_proxy.logs": 0,
+    "tiktok_proxy.metrics": 0,
     "tiktok_proxy.upstream": 1,
     "tiktok_proxy.inbound": 2,
     "tiktok_proxy.tiktok": 2,
@@ -59,7 +60,12 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_imports_only_go_down() -> None:
-    upward = [(module, imported) for module, imports in graph().items() for imported in imports if RANK[imported] >= RANK[module]]
+    upward = [
+        (module, imported)
+        for module, imports in graph().items()
+        for imported in imports
+        if RANK[imported] >= RANK[module]
+    ]
     assert upward == [], "a module imports one of its own layer or above it (a cycle waiting to happen)"
 
 
@@ -72,7 +78,9 @@ def test_the_checker_sees_imports() -> None:
 
 def test_serving_never_loads_the_auth0_tooling() -> None:
     code = "import proxy, sys; proxy.app; print(sorted(m for m in sys.modules if m.startswith('tiktok_proxy')))"
-    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={"PATH": ""})
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={"PATH": ""}
+    )
     modules = eval(loaded.stdout)
     assert "tiktok_proxy.app" in modules
     assert not [module for module in modules if module.startswith("tiktok_proxy.auth0")]

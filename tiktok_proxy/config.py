@@ -31,7 +31,20 @@ class Settings:
     timeout: float = 10.0  # total seconds for one upstream exchange
     allowed_client_keys: frozenset[str] = field(default_factory=frozenset)
     log_level: str = "INFO"
+    log_format: str = "plain"  # or "json": one JSON object per line, for log platforms
     workers: int = 1
+    # Serving limits (tiktok_proxy/serving.py): the whole request within this many seconds, and at most this
+    # many open connections per worker.
+    request_timeout: float = 10.0
+    max_connections: int = 1000
+    # The gate: when set, token and revoke requests must carry X-Proxy-Secret with one of these values.
+    proxy_secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
+    # GET /metrics is served only when set, and only to `Authorization: Bearer <metrics_token>`.
+    metrics_token: str = field(default="", repr=False)
+    # Egress: TikTok calls go through this forward proxy (CONNECT) unless the host matches no_proxy.
+    egress_proxy: str = field(default="", repr=False)  # may carry user:password; log egress_proxy_origin()
+    no_proxy: str = ""
+    ca_file: str = ""  # SSL_CERT_FILE: a CA bundle in place of certifi's, for networks that inspect TLS
 
 
 class ConfigError(Exception):
@@ -56,6 +69,13 @@ GOOD_VALUES = {
     "TIKTOK_TIMEOUT": "seconds from 0.1 to 120, e.g. 10",
     "LOG_LEVEL": f"one of {', '.join(LOG_LEVELS)}, e.g. INFO",
     "WEB_CONCURRENCY": "a whole number of workers from 1 to 64, e.g. 2",
+    "LOG_FORMAT": "plain or json",
+    "REQUEST_TIMEOUT": "seconds from 1 to 300, e.g. 10",
+    "MAX_CONNECTIONS": "connections per worker from 1 to 100000, well below the open-file limit, e.g. 1000",
+    "PROXY_SECRET": "comma-separated random values of 16 or more characters, e.g. from: openssl rand -hex 32",
+    "METRICS_TOKEN": "a random value of 16 or more characters, e.g. from: openssl rand -hex 32",
+    "HTTPS_PROXY": "your egress proxy, e.g. http://user:password@proxy.internal:3128",
+    "SSL_CERT_FILE": "the path of a PEM CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt",
 }
 
 
@@ -79,7 +99,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         timeout=bounded(float, "TIKTOK_TIMEOUT", raw("TIKTOK_TIMEOUT"), defaults.timeout, 0.1, 120),
         allowed_client_keys=comma_set(raw("ALLOWED_CLIENT_KEYS")),
         log_level=log_level(raw("LOG_LEVEL") or defaults.log_level),
+        log_format=one_of("LOG_FORMAT", raw("LOG_FORMAT") or defaults.log_format, ("plain", "json")),
         workers=bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
+        request_timeout=bounded(float, "REQUEST_TIMEOUT", raw("REQUEST_TIMEOUT"), defaults.request_timeout, 1, 300),
+        max_connections=bounded(int, "MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), defaults.max_connections, 1, 100_000),
+        proxy_secrets=proxy_secrets(raw("PROXY_SECRET")),
+        metrics_token=secret_value("METRICS_TOKEN", raw("METRICS_TOKEN") or ""),
+        egress_proxy=egress_proxy(raw("HTTPS_PROXY") or raw("https_proxy") or ""),
+        no_proxy=raw("NO_PROXY") or raw("no_proxy") or "",
+        ca_file=ca_file(raw("SSL_CERT_FILE") or ""),
     )
 
 
@@ -126,6 +154,56 @@ def is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
+
+
+def one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigError(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
+
+
+MIN_SECRET_LENGTH = 16
+
+
+def secret_value(name: str, value: str) -> str:
+    """A shared secret: long enough not to be guessed, and printable (it travels in an HTTP header)."""
+    if value and (len(value) < MIN_SECRET_LENGTH or not value.isascii() or not value.isprintable()):
+        # The value itself is never echoed: this line goes to logs.
+        raise ConfigError(name, f"{name} values must be at least {MIN_SECRET_LENGTH} printable ASCII characters")
+    return value
+
+
+def proxy_secrets(value: str | None) -> frozenset[str]:
+    secrets = comma_set(value)
+    for secret in secrets:
+        secret_value("PROXY_SECRET", secret)
+    return secrets
+
+
+def egress_proxy(value: str) -> str:
+    if not value:
+        return ""
+    parts = urlsplit(value if "://" in value else f"http://{value}")  # curl reads a bare host:port as http
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise ConfigError("HTTPS_PROXY", "HTTPS_PROXY has a port that is not a number") from None
+    if parts.scheme != "http" or not parts.hostname:
+        # Never echo it: the URL may carry a password.
+        raise ConfigError("HTTPS_PROXY", f"HTTPS_PROXY must be an http://host:port URL (got scheme {parts.scheme!r})")
+    return parts.geturl()
+
+
+def egress_proxy_origin(value: str) -> str:
+    """The egress proxy as it may be logged: scheme://host:port, never its user or password."""
+    parts = urlsplit(value)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 80}" if value else ""
+
+
+def ca_file(value: str) -> str:
+    if value and not os.path.isfile(value):
+        raise ConfigError("SSL_CERT_FILE", f"SSL_CERT_FILE names no readable file: {value!r}")
+    return value
 
 
 def log_level(value: str) -> str:
