@@ -22,6 +22,7 @@ from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, 
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://proxy.example.ngrok-free.app"
+GATE_SECRET = "gate-secret-for-the-tests-0123456789"
 SCRIPT = (REPO / "tiktok_proxy" / "auth0" / "fetch-user-profile.js").read_text()
 
 
@@ -220,7 +221,7 @@ def run_doctor(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[bo
 @pytest.fixture
 def healthy_tenant(auth0: Auth0StandIn, env: dict[str, str], https_proxy: tuple[str, str]) -> dict[str, str]:
     url, ca_file = https_proxy
-    env.update(PUBLIC_URL=url, SSL_CERT_FILE=ca_file, ALLOWED_CLIENT_KEYS=CLIENT_KEY)
+    env.update(PUBLIC_URL=url, SSL_CERT_FILE=ca_file, ALLOWED_CLIENT_KEYS=CLIENT_KEY, PROXY_SECRET=GATE_SECRET)
     env["TIKTOK_TOKEN_URL"], env["TIKTOK_REVOKE_URL"] = DEFAULT_TOKEN_URL, DEFAULT_REVOKE_URL
     assert cli(env, "setup-auth0", "--app", "app-one").returncode == 0
     return env
@@ -253,6 +254,8 @@ def test_doctor_on_a_healthy_setup(healthy_tenant: dict[str, str], monkeypatch: 
         ("token-url-without-slash", "the proxy's configuration does not load: TIKTOK_TOKEN_URL must end with '/'"),
         ("redirect-uri-with-query", "breaks TikTok's rules: no query"),
         ("management-token-refused", "Auth0 refused POST /oauth/token (401 Unauthorized)"),
+        ("gate-header-missing", "the connection sends no X-Proxy-Secret: the proxy's gate would refuse every login"),
+        ("gate-header-wrong", "the connection's X-Proxy-Secret is not one of PROXY_SECRET's values"),
     ],
 )
 def test_doctor_finds_each_problem(
@@ -287,10 +290,38 @@ def test_doctor_finds_each_problem(
         env["TIKTOK_REDIRECT_URI"] = "https://login.example.com/login/callback?x=1"
     elif breakage == "management-token-refused":
         env["AUTH0_MGMT_CLIENT_SECRET"] = "wrong"
+    elif breakage == "gate-header-missing":
+        del options["customHeaders"]
+    elif breakage == "gate-header-wrong":
+        env["PROXY_SECRET"] = "a-new-gate-secret-not-yet-written"
     healthy, report = run_doctor(env, monkeypatch)
     assert not healthy
     assert fragment in report, report
     assert any(line.startswith("problem") and fragment in line for line in report.splitlines()), report
+
+
+def test_setup_writes_the_gate_header_merged_and_hidden(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    auth0.add_connection("tiktok", {"customHeaders": {"X-Team": "identity"}, "scope": "user.info.basic"})
+    env["PROXY_SECRET"] = f"{GATE_SECRET},an-older-gate-secret-still-valid"
+    result = cli(env, "setup-auth0")
+    assert result.returncode == 0, result.stderr
+    (connection,) = auth0.connections.values()
+    # The first value is the one written; the existing header stays.
+    assert connection["options"]["customHeaders"] == {"X-Team": "identity", "X-Proxy-Secret": GATE_SECRET}
+    assert "customHeaders.X-Proxy-Secret: set (hidden)" in result.stdout
+    assert GATE_SECRET not in result.stdout + result.stderr
+
+
+def test_doctor_follows_a_rotation(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Step 1 of the rotation: the proxy accepts the new value and the old one; Auth0 still sends the old one.
+    healthy_tenant["PROXY_SECRET"] = f"a-brand-new-gate-secret-value,{GATE_SECRET}"
+    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert healthy, report
+    assert "warning  the connection sends an older X-Proxy-Secret value, still accepted" in report
+    # Step 2: setup-auth0 writes the new value; doctor is satisfied.
+    assert cli(healthy_tenant, "setup-auth0").returncode == 0
+    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert "ok       the connection's X-Proxy-Secret opens the proxy's gate" in report, report
 
 
 def test_a_tenant_with_many_applications_is_read_to_the_last_page(

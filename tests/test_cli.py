@@ -135,7 +135,7 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "event=revoke outcome=ok" in log
     assert "event=token outcome=ok grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
     assert "INFO tiktok_proxy event=start token_url=http://127.0.0.1:" in log
-    assert "WARNING tiktok_proxy ALLOWED_CLIENT_KEYS is empty" in log
+    assert "WARNING tiktok_proxy neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     # The capture really ran at DEBUG, and the DEBUG lines name parameters, never their values.
     assert (

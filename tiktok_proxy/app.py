@@ -22,6 +22,7 @@ from .errors import NO_STORE, OAuthError, missing
 from .inbound import (
     KNOWN_PARAMS,
     check_allowed,
+    check_gate,
     client_credentials,
     one_of,
     parse_params,
@@ -39,6 +40,7 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
     try:
+        check_gate(settings, request)  # first: a caller without the secret costs no body read and no TikTok call
         params = parse_params(request.headers.get("content-type", ""), await read_body(request))
         if log.isEnabledFor(logging.DEBUG):
             # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
@@ -129,7 +131,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
         log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                         timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys)))  # fmt: skip
-        if not settings.allowed_client_keys:
+        if not settings.allowed_client_keys and not settings.proxy_secrets:
+            log.warning(
+                "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set: anyone can relay token requests through "
+                "this proxy (set PROXY_SECRET, see README: The gate)"
+            )
+        elif not settings.allowed_client_keys:
             log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.requests import ClientDisconnect, Request
 
+from . import metrics
 from .config import Settings
 from .errors import OAuthError, invalid_request, missing
 
@@ -155,3 +157,31 @@ def check_allowed(settings: Settings, client_key: str) -> None:
     """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay."""
     if settings.allowed_client_keys and client_key not in settings.allowed_client_keys:
         raise OAuthError(401, "invalid_client", "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)")
+
+
+GATE_HEADER = "X-Proxy-Secret"
+
+
+def check_gate(settings: Settings, request: Request) -> None:
+    """With PROXY_SECRET set, only callers that send one of its values (Auth0's customHeaders) get through.
+
+    The client key cannot serve as this gate: it is public, in every authorize URL.
+    """
+    if not settings.proxy_secrets:
+        return
+    sent = request.headers.getlist(GATE_HEADER)
+    # Compare against every configured value, in constant time, so timing tells nothing about any of them.
+    matches = (
+        [hmac.compare_digest(sent[0].encode(), secret.encode()) for secret in settings.proxy_secrets]
+        if len(sent) == 1
+        else []
+    )
+    if not any(matches):
+        metrics.refused(401, "gate")
+        problem = "is missing" if not sent else "is repeated" if len(sent) > 1 else "does not match"
+        raise OAuthError(
+            401,
+            "invalid_client",
+            f"this proxy requires the {GATE_HEADER} header from your Auth0 connection's customHeaders, and it {problem} "
+            "(PROXY_SECRET)",
+        )

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, load_settings
+from ..inbound import GATE_HEADER
 from .management import AdminError, AdminSettings, management
 from .setup import PROFILE_SCRIPT
 
@@ -129,7 +130,8 @@ def check_connection(settings: AdminSettings, proxy_settings: Settings | None) -
             yield Finding("problem", str(err))
             return
     allowed = proxy_settings.allowed_client_keys if proxy_settings else frozenset()
-    yield from check_connection_options(settings, connection.get("options") or {}, allowed)
+    proxy_secrets = proxy_settings.proxy_secrets if proxy_settings else frozenset()
+    yield from check_connection_options(settings, connection.get("options") or {}, allowed, proxy_secrets)
     if enabled:
         yield Finding("ok", f"the connection is enabled for {len(enabled)} application(s)")
     else:
@@ -141,7 +143,7 @@ def check_connection(settings: AdminSettings, proxy_settings: Settings | None) -
 
 
 def check_connection_options(
-    settings: AdminSettings, options: Mapping[str, Any], allowed: frozenset[str]
+    settings: AdminSettings, options: Mapping[str, Any], allowed: frozenset[str], proxy_secrets: frozenset[str]
 ) -> Iterable[Finding]:
     token_url = str(options.get("tokenURL", ""))
     authorize_url = str(options.get("authorizationURL", ""))
@@ -217,3 +219,46 @@ def check_connection_options(
             "the connection's Client ID is not in ALLOWED_CLIENT_KEYS: the proxy would refuse every login",
             "add it",
         )
+
+    yield from check_gate_header(settings, options, proxy_secrets)
+
+
+def check_gate_header(
+    settings: AdminSettings, options: Mapping[str, Any], proxy_secrets: frozenset[str]
+) -> Iterable[Finding]:
+    """Does the header Auth0 sends (customHeaders) open the proxy's gate (PROXY_SECRET)? Values are never printed."""
+    headers = options.get("customHeaders") or {}
+    sent = next((value for name, value in headers.items() if name.lower() == GATE_HEADER.lower()), None)
+    if not proxy_secrets:
+        if sent:
+            yield Finding(
+                "warning",
+                f"the connection sends {GATE_HEADER}, but PROXY_SECRET is not set: the gate is off",
+                "set PROXY_SECRET",
+            )
+        else:
+            yield Finding(
+                "warning",
+                "PROXY_SECRET is not set: anyone who finds the Token URL can use the proxy",
+                "set PROXY_SECRET, then run setup-auth0",
+            )
+    elif sent is None:
+        yield Finding(
+            "problem",
+            f"the connection sends no {GATE_HEADER}: the proxy's gate would refuse every login",
+            "run setup-auth0 (it writes customHeaders)",
+        )
+    elif sent not in proxy_secrets:
+        yield Finding(
+            "problem",
+            f"the connection's {GATE_HEADER} is not one of PROXY_SECRET's values: every login would be refused",
+            "run setup-auth0",
+        )
+    elif settings.proxy_secret and sent != settings.proxy_secret:
+        yield Finding(
+            "warning",
+            f"the connection sends an older {GATE_HEADER} value, still accepted",
+            "run setup-auth0 to finish the rotation",
+        )
+    else:
+        yield Finding("ok", f"the connection's {GATE_HEADER} opens the proxy's gate")

@@ -36,9 +36,13 @@ class AdminSettings:
     connection_name: str = "tiktok"
     app_client_ids: list[str] = field(default_factory=list)
     redirect_uri: str = ""  # what is registered at TikTok; defaults to https://<AUTH0_DOMAIN>/login/callback
+    # PROXY_SECRET's first value: the one setup-auth0 writes into the connection (the others are still accepted).
+    proxy_secret: str = field(default="", repr=False)
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.mgmt_client_secret, self.mgmt_token, self.tiktok_client_secret) if s]
+        return [
+            s for s in (self.mgmt_client_secret, self.mgmt_token, self.tiktok_client_secret, self.proxy_secret) if s
+        ]
 
 
 def load_admin_settings(
@@ -66,6 +70,7 @@ def load_admin_settings(
         connection_name=overrides.get("connection") or get("AUTH0_CONNECTION_NAME", "tiktok"),
         app_client_ids=overrides.get("app") or [a.strip() for a in get("AUTH0_APP_CLIENT_IDS").split(",") if a.strip()],
         redirect_uri=get("TIKTOK_REDIRECT_URI"),
+        proxy_secret=next((value.strip() for value in get("PROXY_SECRET").split(",") if value.strip()), ""),
     )
     if not settings.redirect_uri and settings.auth0_base:
         settings.redirect_uri = f"https://{urlsplit(settings.auth0_base).hostname}/login/callback"

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_AUTHORIZE_URL
+from ..inbound import GATE_HEADER
 from .management import AdminError, AdminSettings, management, require
 
 PROFILE_SCRIPT = Path(__file__).resolve().parent / "fetch-user-profile.js"
-SECRET_OPTIONS = {"client_secret"}
+SECRET_OPTIONS = {"client_secret", GATE_HEADER}
 
 
 def desired_options(settings: AdminSettings, use_proxy_authorize: bool) -> dict[str, Any]:
@@ -25,6 +26,8 @@ def desired_options(settings: AdminSettings, use_proxy_authorize: bool) -> dict[
         # Auth0 adds this to the authorize request; harmless when /proxy/authorize renames client_id anyway.
         "upstream_params": {"client_key": {"value": settings.tiktok_client_key}},
         "scripts": {"fetchUserProfile": PROFILE_SCRIPT.read_text()},
+        # Auth0 sends these with every token request: the proxy's gate lets only this tenant through.
+        **({"customHeaders": {GATE_HEADER: settings.proxy_secret}} if settings.proxy_secret else {}),
     }
 
 
