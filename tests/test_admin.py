@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import trustme
+from starlette.responses import PlainTextResponse
 
 from tiktok_proxy.app import create_app
-from tiktok_proxy.auth0.doctor import doctor
+from tiktok_proxy.auth0.doctor import PROBE_CODE, doctor
 from tiktok_proxy.auth0.management import load_admin_settings
 from tiktok_proxy.config import DEFAULT_REVOKE_URL, DEFAULT_TOKEN_URL, Settings
 
@@ -23,6 +24,7 @@ from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://proxy.example.ngrok-free.app"
 GATE_SECRET = "gate-secret-for-the-tests-0123456789"
+NEW_GATE_SECRET = "a-brand-new-gate-secret-value"  # the next value, during a rotation
 SCRIPT = (REPO / "tiktok_proxy" / "auth0" / "fetch-user-profile.js").read_text()
 
 
@@ -198,13 +200,24 @@ def test_setup_failures_are_one_clear_line(
 
 
 @pytest.fixture(scope="module")
-def https_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The real proxy app on https://localhost, with a CA the doctor is told to trust (SSL_CERT_FILE)."""
+def https_proxy(
+    tmp_path_factory: pytest.TempPathFactory, stand_in_server: tuple[TikTokStandIn, ServerThread]
+) -> Iterator[tuple[str, str]]:
+    """The real proxy app on https://localhost, with a CA the doctor is told to trust (SSL_CERT_FILE).
+
+    It relays to the TikTok stand-in (doctor's probe exchange goes all the way through), behind the gate."""
     ca = trustme.CA()
     folder = tmp_path_factory.mktemp("public")
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    server = ServerThread(create_app(Settings()))
+    _, tiktok_http = stand_in_server
+    settings = Settings(
+        token_url=tiktok_http.url + TOKEN_PATH,
+        revoke_url=tiktok_http.url + REVOKE_PATH,
+        allowed_client_keys=frozenset({CLIENT_KEY}),
+        proxy_secrets=frozenset({GATE_SECRET, NEW_GATE_SECRET}),
+    )
+    server = ServerThread(create_app(settings))
     server.server.config.ssl_certfile = str(folder / "server.pem")
     server.server.config.load()
     with server:
@@ -219,7 +232,10 @@ def run_doctor(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[bo
 
 
 @pytest.fixture
-def healthy_tenant(auth0: Auth0StandIn, env: dict[str, str], https_proxy: tuple[str, str]) -> dict[str, str]:
+def healthy_tenant(
+    auth0: Auth0StandIn, tiktok: TikTokStandIn, env: dict[str, str], https_proxy: tuple[str, str]
+) -> dict[str, str]:
+    """A tenant as setup-auth0 leaves it, a proxy behind its gate, and a TikTok that behaves (`tiktok` resets it)."""
     url, ca_file = https_proxy
     env.update(PUBLIC_URL=url, SSL_CERT_FILE=ca_file, ALLOWED_CLIENT_KEYS=CLIENT_KEY, PROXY_SECRET=GATE_SECRET)
     env["TIKTOK_TOKEN_URL"], env["TIKTOK_REVOKE_URL"] = DEFAULT_TOKEN_URL, DEFAULT_REVOKE_URL
@@ -232,6 +248,9 @@ def test_doctor_on_a_healthy_setup(healthy_tenant: dict[str, str], monkeypatch: 
     assert healthy, report
     assert "0 problem(s), 0 warning(s)" in report
     assert "ok       the Token URL points at this proxy" in report
+    assert (
+        "ok       TikTok accepts the client key and secret (it refused only the made-up code: invalid_grant)" in report
+    )
     assert "ok       register this redirect URI in TikTok's portal: https://127.0.0.1/login/callback" in report
     # The same from the command line, with its exit status.
     result = cli(healthy_tenant, "doctor")
@@ -256,10 +275,18 @@ def test_doctor_on_a_healthy_setup(healthy_tenant: dict[str, str], monkeypatch: 
         ("management-token-refused", "Auth0 refused POST /oauth/token (401 Unauthorized)"),
         ("gate-header-missing", "the connection sends no X-Proxy-Secret: the proxy's gate would refuse every login"),
         ("gate-header-wrong", "the connection's X-Proxy-Secret is not one of PROXY_SECRET's values"),
+        ("gate-secret-differs", "the proxy's gate refused the probe: PROXY_SECRET here is none of the proxy's values"),
+        ("wrong-tiktok-secret", "TikTok refused the client key or secret"),
+        ("tiktok-failing", "the proxy could not complete the exchange with TikTok: 502"),
     ],
 )
 def test_doctor_finds_each_problem(
-    healthy_tenant: dict[str, str], auth0: Auth0StandIn, monkeypatch: pytest.MonkeyPatch, breakage: str, fragment: str
+    healthy_tenant: dict[str, str],
+    auth0: Auth0StandIn,
+    tiktok: TikTokStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+    breakage: str,
+    fragment: str,
 ) -> None:
     env = healthy_tenant
     (connection,) = auth0.connections.values()
@@ -294,10 +321,18 @@ def test_doctor_finds_each_problem(
         del options["customHeaders"]
     elif breakage == "gate-header-wrong":
         env["PROXY_SECRET"] = "a-new-gate-secret-not-yet-written"
+    elif breakage == "gate-secret-differs":
+        env["PROXY_SECRET"] = f"another-gate-secret-entirely,{GATE_SECRET}"
+    elif breakage == "wrong-tiktok-secret":
+        env["TIKTOK_CLIENT_SECRET"] = "a-wrong-tiktok-client-secret"
+    elif breakage == "tiktok-failing":
+        tiktok.fault = lambda: PlainTextResponse("<h1>oops</h1>", status_code=500)
     healthy, report = run_doctor(env, monkeypatch)
     assert not healthy
     assert fragment in report, report
     assert any(line.startswith("problem") and fragment in line for line in report.splitlines()), report
+    for secret in (CLIENT_SECRET, GATE_SECRET, MGMT_CLIENT_SECRET, "a-wrong-tiktok-client-secret", PROBE_CODE):
+        assert secret not in report
 
 
 def test_setup_writes_the_gate_header_merged_and_hidden(auth0: Auth0StandIn, env: dict[str, str]) -> None:
@@ -314,7 +349,7 @@ def test_setup_writes_the_gate_header_merged_and_hidden(auth0: Auth0StandIn, env
 
 def test_doctor_follows_a_rotation(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # Step 1 of the rotation: the proxy accepts the new value and the old one; Auth0 still sends the old one.
-    healthy_tenant["PROXY_SECRET"] = f"a-brand-new-gate-secret-value,{GATE_SECRET}"
+    healthy_tenant["PROXY_SECRET"] = f"{NEW_GATE_SECRET},{GATE_SECRET}"
     healthy, report = run_doctor(healthy_tenant, monkeypatch)
     assert healthy, report
     assert "warning  the connection sends an older X-Proxy-Secret value, still accepted" in report

@@ -156,10 +156,13 @@ def _decode_basic(credentials: str) -> tuple[str, str]:
 def check_allowed(settings: Settings, client_key: str) -> None:
     """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay."""
     if settings.allowed_client_keys and client_key not in settings.allowed_client_keys:
-        raise OAuthError(401, "invalid_client", "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)")
+        raise OAuthError(401, "invalid_client", ALLOW_LIST_REFUSAL)
 
 
 GATE_HEADER = "X-Proxy-Secret"
+# The proxy's own invalid_client answers say so, so that `doctor` can tell them from TikTok's.
+GATE_REFUSAL = f"this proxy requires the {GATE_HEADER} header"
+ALLOW_LIST_REFUSAL = "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)"
 
 
 def check_gate(settings: Settings, request: Request) -> None:
@@ -182,6 +185,5 @@ def check_gate(settings: Settings, request: Request) -> None:
         raise OAuthError(
             401,
             "invalid_client",
-            f"this proxy requires the {GATE_HEADER} header from your Auth0 connection's customHeaders, and it {problem} "
-            "(PROXY_SECRET)",
+            f"{GATE_REFUSAL} from your Auth0 connection's customHeaders, and it {problem} (PROXY_SECRET)",
         )

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, load_settings
-from ..inbound import GATE_HEADER
+from ..inbound import ALLOW_LIST_REFUSAL, GATE_HEADER, GATE_REFUSAL
+from ..logs import redact
 from .management import AdminError, AdminSettings, management
 from .setup import PROFILE_SCRIPT
 
@@ -32,6 +33,7 @@ def doctor(settings: AdminSettings, out: Callable[[str], None], environ: Mapping
         proxy_settings = None
         findings = [Finding("problem", f"the proxy's configuration does not load: {err}", err.fix)]
     findings += check_public_url(settings)
+    findings += check_credentials(settings)
     findings += check_redirect_uri(settings)
     findings += check_connection(settings, proxy_settings)
     for finding in findings:
@@ -90,6 +92,93 @@ def check_public_url(settings: AdminSettings) -> Iterable[Finding]:
             f"nothing healthy answers at {settings.public_url}/healthz",
             "start the proxy and the tunnel (ngrok http 3333)",
         )
+
+
+PROBE_CODE = "doctor-made-up-code"  # no such code exists: TikTok can only refuse it, so the probe changes nothing
+
+
+def check_credentials(settings: AdminSettings) -> Iterable[Finding]:
+    """One harmless exchange through the whole path (PUBLIC_URL, the gate, the proxy, TikTok) with the real
+    client key and secret and a made-up code: TikTok's answer tells whether it accepts the credentials."""
+    if not (settings.public_url and settings.tiktok_client_key and settings.tiktok_client_secret):
+        yield Finding(
+            "warning",
+            "the TikTok credentials were not tried",
+            "set PUBLIC_URL, TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET",
+        )
+        return
+    url = f"{settings.public_url}/proxy/token"
+    form = {
+        "grant_type": "authorization_code",
+        "client_id": settings.tiktok_client_key,
+        "client_secret": settings.tiktok_client_secret,
+        "code": PROBE_CODE,
+        "redirect_uri": settings.redirect_uri or "https://example.invalid/login/callback",
+    }
+    headers = {GATE_HEADER: settings.proxy_secret} if settings.proxy_secret else {}
+    try:
+        response = httpx.post(url, data=form, headers=headers, timeout=20, follow_redirects=False)
+    except httpx.TimeoutException:
+        yield Finding(
+            "problem", f"the probe exchange at {url} timed out", "check the tunnel or host in front of the proxy"
+        )
+        return
+    except httpx.HTTPError as exc:
+        yield Finding(
+            "problem",
+            f"the probe exchange could not reach {url} ({type(exc).__name__})",
+            "start the proxy and the tunnel",
+        )
+        return
+    yield probe_finding(response, settings)
+
+
+def probe_finding(response: httpx.Response, settings: AdminSettings) -> Finding:
+    """Which hop answered, and what that means, from the probe's answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not (body.get("error") or body.get("access_token")):
+        # Not the proxy's JSON: something in front of it answered (a tunnel that is down, a host's error page).
+        return Finding(
+            "problem",
+            f"the probe exchange got HTTP {response.status_code} that is not the proxy's answer",
+            "check the tunnel or host between PUBLIC_URL and the proxy",
+        )
+    if body.get("access_token"):
+        return Finding("ok", "TikTok accepts the client key and secret (the probe was answered with a token)")
+    error = str(body["error"])
+    description = redact(str(body.get("error_description", "")), settings.secrets())[:200]
+    if response.status_code == 401 and description.startswith(GATE_REFUSAL):
+        return Finding(
+            "problem",
+            "the proxy's gate refused the probe: PROXY_SECRET here is none of the proxy's values",
+            "use the same PROXY_SECRET here as on the proxy",
+        )
+    if response.status_code == 401 and description == ALLOW_LIST_REFUSAL:
+        return Finding(
+            "problem",
+            "the proxy refused TIKTOK_CLIENT_KEY: it is not in the proxy's ALLOWED_CLIENT_KEYS",
+            "add it there",
+        )
+    if error == "invalid_client":
+        return Finding(
+            "problem",
+            f"TikTok refused the client key or secret ({description})",
+            "copy the Client key and Client secret from TikTok's developer portal into TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, then run setup-auth0",
+        )
+    if response.status_code in (502, 503, 504):
+        return Finding(
+            "problem",
+            f"the proxy could not complete the exchange with TikTok: {response.status_code} {description}",
+            "check the proxy's log and its egress to open.tiktokapis.com",
+        )
+    if response.status_code == 429:
+        return Finding(
+            "warning", "TikTok is rate-limiting the app: the credentials were not checked", "run doctor again later"
+        )
+    return Finding("ok", f"TikTok accepts the client key and secret (it refused only the made-up code: {error})")
 
 
 def check_redirect_uri(settings: AdminSettings) -> Iterable[Finding]:
