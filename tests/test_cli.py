@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tiktok_proxy.logs import logfmt
 
 from conftest import ServerThread, free_port, wait_until_healthy
 from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
@@ -57,6 +60,7 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
 class RunningProxy:
     def __init__(self, process: subprocess.Popen[str], port: int) -> None:
         self.process, self.url = process, f"http://127.0.0.1:{port}"
+        self.log_format = "plain"
 
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)
@@ -64,14 +68,18 @@ class RunningProxy:
         return output
 
 
-@pytest.fixture
-def running_proxy(stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path) -> Iterator[RunningProxy]:
+@pytest.fixture(params=["plain", "json"])
+def running_proxy(
+    request: pytest.FixtureRequest, stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path
+) -> Iterator[RunningProxy]:
+    """`python proxy.py` at LOG_LEVEL=DEBUG, once per LOG_FORMAT: the leak checks cover both formats."""
     _, tiktok_server = stand_in_server
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
         env=clean_env(
             LOG_LEVEL="DEBUG",
+            LOG_FORMAT=request.param,
             TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH,
             TIKTOK_REVOKE_URL=tiktok_server.url + REVOKE_PATH,
             TIKTOK_TIMEOUT="2",
@@ -82,6 +90,7 @@ def running_proxy(stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path:
         text=True,
     )
     running = RunningProxy(process, port)
+    running.log_format = request.param
     wait_until_healthy(running.url, process)
     yield running
     if process.poll() is None:
@@ -129,7 +138,10 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
         assert failed.status_code == 502
         for response in (reused, refused, failed):
             assert not any(value in response.text for value in sensitive)
-    log = running_proxy.stop()
+    raw_log = running_proxy.stop()
+    for value in sensitive:  # the log exactly as written, in either format
+        assert value not in raw_log
+    log = as_plain_lines(raw_log, running_proxy.log_format)
 
     assert log.count("event=token ") == 5, log
     assert "event=revoke outcome=ok" in log
@@ -145,6 +157,19 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "DEBUG tiktok_proxy.upstream upstream_connect host=127.0.0.1" in log
     for value in sensitive:
         assert value not in log
+
+
+def as_plain_lines(log: str, log_format: str) -> str:
+    """The JSON lines written back as key=value lines, so that one set of assertions reads both formats."""
+    if log_format == "plain":
+        return log
+    lines = []
+    for line in log.splitlines():
+        entry = json.loads(line)  # every line, uvicorn's included, is one JSON object
+        time, level, logger = entry.pop("time"), entry.pop("level"), entry.pop("logger")
+        text = entry.pop("message") if "message" in entry else logfmt(**entry)
+        lines.append(f"{time} {level} {logger} {text}")
+    return "\n".join(lines)
 
 
 def httpx_html_500():  # type: ignore[no-untyped-def]
@@ -189,3 +214,48 @@ def test_several_workers_serve_the_same_exchanges(
     assert log.count("event=token outcome=ok") == 20
     assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["proxy.py", "--port", "{port}"], ["-m", "uvicorn", "--app-dir", str(REPO), "--port", "{port}", "proxy:app"]],
+    ids=["python proxy.py", "uvicorn proxy:app"],
+)
+def test_json_logs_are_one_object_per_line_with_the_same_fields(
+    command: list[str], stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, tmp_path: Path
+) -> None:
+    _, tiktok_server = stand_in_server
+    port = free_port()
+    arguments = [str(REPO / part) if part == "proxy.py" else part.format(port=port) for part in command]
+    env = clean_env(LOG_FORMAT="json", LOG_LEVEL="DEBUG", TIKTOK_TOKEN_URL=tiktok_server.url + TOKEN_PATH)
+    process = subprocess.Popen(
+        [sys.executable, *arguments], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    running = RunningProxy(process, port)
+    wait_until_healthy(running.url, process)
+    code = tiktok.issue_code()
+    form = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT_URI}
+    with httpx.Client(base_url=running.url) as client:
+        ok = client.post("/proxy/token", data={**form, "grant_type": "authorization_code", "code": code})
+        reused = client.post("/proxy/token", data={**form, "grant_type": "authorization_code", "code": code})
+    assert (ok.status_code, reused.status_code) == (200, 400)
+    output = running.stop()
+
+    entries = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line is JSON
+    assert any(entry.get("message", "").startswith("Started server process") for entry in entries)  # uvicorn's too
+    exchanges = [entry for entry in entries if entry.get("event") == "token"]
+    assert [entry["outcome"] for entry in exchanges] == ["ok", "invalid_grant"]
+    assert list(exchanges[0])[3:] == [
+        "event",
+        "outcome",
+        "grant",
+        "client_key",
+        "upstream_status",
+        "log_id",
+        "duration_ms",
+        "status",
+    ]
+    assert exchanges[0]["status"] == 200 and exchanges[0]["client_key"] == CLIENT_KEY and exchanges[1]["status"] == 400
+    assert any(entry.get("event") == "token_request" and entry["level"] == "DEBUG" for entry in entries)
+    for value in (CLIENT_SECRET, code, ok.json()["access_token"], ok.json()["refresh_token"]):
+        assert value not in output

@@ -146,3 +146,19 @@ def test_logfmt_quotes_anything_that_could_forge_a_line() -> None:
     line = logfmt(client_key="evil\r\nlevel=INFO outcome=token", grant="authorization_code", log_id=None)
     assert "\n" not in line and "\r" not in line
     assert line == 'client_key="evil\\r\\nlevel=INFO outcome=token" grant=authorization_code log_id=-'
+
+
+def test_json_log_lines_cannot_be_forged_and_keep_the_fields() -> None:
+    import logging
+
+    from tiktok_proxy.logs import JSONFormatter
+
+    fields = {"event": "token", "outcome": "ok", "client_key": 'evil\nINFO forged {"x":1}', "log_id": None, "status": 200}
+    record = logging.LogRecord("tiktok_proxy", logging.INFO, __file__, 1, "msg", None, None)
+    record.fields = fields
+    line = JSONFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert list(entry)[3:] == list(fields) and entry["client_key"] == fields["client_key"] and entry["log_id"] is None
+    plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started %s", ("server",), None)
+    assert json.loads(JSONFormatter().format(plain))["message"] == "Started server"

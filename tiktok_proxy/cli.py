@@ -56,7 +56,7 @@ def serve(host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=port or settings.port,
         workers=settings.workers,
-        log_config=logging_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
         # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
         timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,

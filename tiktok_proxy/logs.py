@@ -30,9 +30,52 @@ def logfmt(**fields: Any) -> str:
     return " ".join(out)
 
 
+def log_event(level: int, logger: logging.Logger = log, **fields: Any) -> None:
+    """One line of fields: key=value text, with the fields kept on the record for LOG_FORMAT=json."""
+    if logger.isEnabledFor(level):
+        logger.log(level, logfmt(**fields), extra={"fields": fields})
+
+
 def log_outcome(status: int, **fields: Any) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    log.log(level, logfmt(**fields, status=status))
+    log_event(level, **fields, status=status)
+
+
+class JSONFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line, with the same fields as the key=value line.
+
+    json.dumps escapes CR and LF, so no value can forge a line here either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update((key, _json_value(value)) for key, value in fields.items())
+        else:  # a line from uvicorn or a library: its message as it is
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)[:200]  # the same bound as the key=value line
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JSONFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+
+
+def use_format_everywhere(log_format: str) -> None:
+    """Give every handler already set up (uvicorn's own, under `uvicorn proxy:app`) this format, so that a log
+    platform gets one format from the first line to the last."""
+    if log_format != "json":
+        return
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(JSONFormatter())
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -42,12 +85,13 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def logging_config(level: str) -> dict[str, Any]:
+def logging_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     """One stderr handler on the root logger, for this process and for every uvicorn worker."""
+    chosen = {"()": JSONFormatter} if log_format == "json" else {"format": LOG_FORMAT}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": LOG_FORMAT}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "formatters": {"chosen": chosen},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "chosen", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
     }
