@@ -27,7 +27,9 @@ GATED = frozenset({OLD, NEW})  # two values: a rotation in progress
 def test_the_gate_refuses_before_anything_else(proxy_with, tiktok: TikTokStandIn, headers, problem: str) -> None:  # type: ignore[no-untyped-def]
     client = proxy_with(proxy_secrets=GATED)
     for path, body in (("/proxy/token", code_grant(tiktok.issue_code())), ("/proxy/revoke", {"token": "act.x"})):
-        response = client.post(path, data={**body, "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET}, headers=headers)
+        response = client.post(
+            path, data={**body, "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET}, headers=headers
+        )
         error = assert_oauth_error(response, 401, "invalid_client")
         assert error["error_description"] == (
             "this proxy requires the X-Proxy-Secret header from your Auth0 connection's customHeaders, "

@@ -153,7 +153,13 @@ def test_json_log_lines_cannot_be_forged_and_keep_the_fields() -> None:
 
     from tiktok_proxy.logs import JSONFormatter
 
-    fields = {"event": "token", "outcome": "ok", "client_key": 'evil\nINFO forged {"x":1}', "log_id": None, "status": 200}
+    fields = {
+        "event": "token",
+        "outcome": "ok",
+        "client_key": 'evil\nINFO forged {"x":1}',
+        "log_id": None,
+        "status": 200,
+    }
     record = logging.LogRecord("tiktok_proxy", logging.INFO, __file__, 1, "msg", None, None)
     record.fields = fields
     line = JSONFormatter().format(record)

@@ -1,0 +1,48 @@
+# The TikTok token proxy as a container image.
+#
+#   docker build -t tiktok-proxy .
+#   docker run -p 3333:3333 -e ALLOWED_CLIENT_KEYS=<your client key> -e PROXY_SECRET=<secret> tiktok-proxy
+#   docker run --rm --env-file .env tiktok-proxy doctor        (the commands work too)
+#
+# BASE is any Debian-like image with python3 (3.11 or newer) and its venv module on PATH. scripts/container-test
+# builds with one made from Debian's packages (no registry there); everyone else gets python:3.12-slim.
+ARG BASE=python:3.12-slim
+FROM ${BASE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Dependencies in their own layer: rebuilt only when requirements.txt changes. pip itself is not needed to run.
+COPY requirements.txt /app/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install -r /app/requirements.txt \
+    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
+
+# Runs as a user with no shell and no home; it cannot write the code it runs. A numeric USER below lets
+# Kubernetes' runAsNonRoot check it.
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin tiktok-proxy
+
+# Only what the proxy needs: .dockerignore keeps everything else (.env, .git, tests, bench) out of the context.
+COPY proxy.py /app/
+COPY tiktok_proxy /app/tiktok_proxy
+
+# The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOST=0.0.0.0 \
+    PORT=3333
+WORKDIR /app
+USER 10001:10001
+EXPOSE 3333
+
+# No curl in the image: python3 does the check. It follows PORT, as the proxy does.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3333'), timeout=4)"]
+
+# Exec form: python is PID 1 and gets SIGTERM itself. uvicorn then stops accepting, lets in-flight exchanges
+# finish (up to TIKTOK_TIMEOUT + 1 seconds), and exits 0. Give it that long: docker stop -t, Kubernetes'
+# terminationGracePeriodSeconds.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python3", "proxy.py"]
