@@ -359,6 +359,15 @@ def test_doctor_follows_a_rotation(healthy_tenant: dict[str, str], monkeypatch: 
     assert "ok       the connection's X-Proxy-Secret opens the proxy's gate" in report, report
 
 
+def test_without_public_url_a_proxy_path_is_not_taken_for_this_proxy(
+    healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del healthy_tenant["PUBLIC_URL"]  # the old v1 sample also serves POST /proxy/token
+    _, report = run_doctor(healthy_tenant, monkeypatch)
+    assert "warning  the Token URL https://localhost:" in report and "the retired v1 sample's both do" in report
+    assert "fix: set PUBLIC_URL so doctor can tell which" in report
+
+
 def test_a_tenant_with_many_applications_is_read_to_the_last_page(
     healthy_tenant: dict[str, str], auth0: Auth0StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

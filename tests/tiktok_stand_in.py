@@ -1,4 +1,6 @@
 """A local stand-in for TikTok's v2 token endpoint, quirks included (see shared tiktok-oauth.md).
+It also has the authorize page (a consent page with Authorize and Cancel) and the user-info endpoint,
+for the browser journeys (tests/test_login_journey.py).
 
 By default it behaves like TikTok: form bodies only, `client_key` (not `client_id`), single-use codes,
 rotating refresh tokens, flat `{error, error_description, log_id}` errors with HTTP 200, and
@@ -12,11 +14,19 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
+from html import escape
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 TOKEN_PATH = "/v2/oauth/token/"
@@ -24,6 +34,26 @@ REVOKE_PATH = "/v2/oauth/revoke/"
 CLIENT_KEY = "aw1testclientkey"
 CLIENT_SECRET = "s3cr3t-Client-Secret-value"
 REDIRECT_URI = "https://tenant.example.auth0.com/login/callback"
+AUTHORIZE_PATH = "/v2/auth/authorize/"
+USER_INFO_PATH = "/v2/user/info/"
+GRANTED_SCOPE = "user.info.basic,user.info.profile"  # what a code is worth when a test issues it directly
+# The user who logs in, and the fields each scope unlocks (as tests/js/fetch-user-profile.test.mjs has them).
+USER = {
+    "open_id": "afd97af1-b87b-48b9-ac98-410aghda5344",
+    "union_id": "c9c60f44-a68e-4f5d-84dd-ce22faeb0ba1",
+    "avatar_url": "https://p16.example/avatar.jpeg",
+    "avatar_url_100": "https://p16.example/avatar100.jpeg",
+    "avatar_large_url": "https://p16.example/avatar-large.jpeg",
+    "display_name": "Ada on TikTok",
+    "username": "ada",
+    "bio_description": "hello",
+    "profile_deep_link": "https://www.tiktok.com/@ada",
+    "is_verified": False,
+}
+SCOPE_FIELDS = {
+    "user.info.basic": {"open_id", "union_id", "avatar_url", "avatar_url_100", "avatar_large_url", "display_name"},
+    "user.info.profile": {"username", "bio_description", "profile_deep_link", "is_verified"},
+}
 
 
 @dataclass
@@ -43,6 +73,7 @@ class IssuedCode:
     client_key: str
     redirect_uri: str
     code_verifier: str | None
+    scope: str = GRANTED_SCOPE
 
 
 @dataclass
@@ -51,6 +82,9 @@ class TikTokStandIn:
     codes: dict[str, IssuedCode] = field(default_factory=dict)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> client key
     access_tokens: dict[str, str] = field(default_factory=dict)  # access token -> client key
+    token_scopes: dict[str, str] = field(default_factory=dict)  # access token -> granted scopes (user info)
+    redirect_uris: set[str] = field(default_factory=lambda: {REDIRECT_URI})  # registered in the portal
+    consents: dict[str, dict[str, str]] = field(default_factory=dict)  # consent pages shown, not yet answered
     expired: set[str] = field(default_factory=set)  # access tokens past their 24 hours
     revoked: list[str] = field(default_factory=list)
     revoke_body: bytes = b""  # TikTok documents an empty answer; `{}` is the other reading
@@ -62,6 +96,9 @@ class TikTokStandIn:
         self.codes.clear()
         self.refresh_tokens.clear()
         self.access_tokens.clear()
+        self.token_scopes.clear()
+        self.redirect_uris = {REDIRECT_URI}
+        self.consents.clear()
         self.expired.clear()
         self.revoked.clear()
         self.revoke_body = b""
@@ -69,10 +106,12 @@ class TikTokStandIn:
         self.error_status = 200
         self.fault = None
 
-    def issue_code(self, *, redirect_uri: str = REDIRECT_URI, code_verifier: str | None = None) -> str:
+    def issue_code(
+        self, *, redirect_uri: str = REDIRECT_URI, code_verifier: str | None = None, scope: str = GRANTED_SCOPE
+    ) -> str:
         """A code as TikTok's callback would carry it: with characters such as * and ! (quirk Q7)."""
         code = f"code*{secrets.token_urlsafe(12)}!3_{secrets.token_hex(4)}"
-        self.codes[code] = IssuedCode(CLIENT_KEY, redirect_uri, code_verifier)
+        self.codes[code] = IssuedCode(CLIENT_KEY, redirect_uri, code_verifier, scope)
         return code
 
     def issue_refresh_token(self) -> str:
@@ -129,7 +168,7 @@ class TikTokStandIn:
             return self.error("invalid_request", "Redirect_uri is not matched with the uri when requesting code.")
         if issued.code_verifier is not None and params.get("code_verifier") != issued.code_verifier:
             return self.error("invalid_grant", "Code verifier or code challenge is invalid.")
-        return self.user_tokens(client_key)
+        return self.user_tokens(client_key, issued.scope)
 
     def refresh(self, client_key: str, params: dict[str, str]) -> Response:
         if self.refresh_tokens.pop(params.get("refresh_token", ""), None) != client_key:  # rotates (quirk Q8)
@@ -152,19 +191,20 @@ class TikTokStandIn:
         self.access_tokens[token] = CLIENT_KEY
         return token
 
-    def user_tokens(self, client_key: str) -> Response:
+    def user_tokens(self, client_key: str, scope: str = GRANTED_SCOPE) -> Response:
         refresh_token = f"rft.{secrets.token_urlsafe(24)}"
         self.refresh_tokens[refresh_token] = client_key
         access_token = f"act.{secrets.token_urlsafe(24)}"
         self.access_tokens[access_token] = client_key
+        self.token_scopes[access_token] = scope
         return self.tokens(
             {
                 "access_token": access_token,
                 "expires_in": 86400,
-                "open_id": "afd97af1-b87b-48b9-ac98-410aghda5344",
+                "open_id": USER["open_id"],
                 "refresh_expires_in": 31536000,
                 "refresh_token": refresh_token,
-                "scope": "user.info.basic,user.info.profile",
+                "scope": scope,
                 "token_type": "Bearer",
             }
         )
@@ -176,6 +216,61 @@ class TikTokStandIn:
         body = {"error": error, "error_description": description, "log_id": new_log_id()}
         return JSONResponse(body, status_code=self.error_status)
 
+    # ---- the authorize page and user info, for a browser
+
+    def authorize_problem(self, query: dict[str, str]) -> str | None:
+        """The parameter TikTok's authorize page asks to correct, if any (quirks Q1 and Q2)."""
+        if self.clients.get(query.get("client_key", "")) is None:  # client_id alone is not enough
+            return "client_key"
+        if query.get("response_type") != "code":
+            return "response_type"
+        if query.get("redirect_uri") not in self.redirect_uris:
+            return "redirect_uri"
+        scopes = query.get("scope", "").split(",")
+        if not all(scope in SCOPE_FIELDS for scope in scopes):  # space-separated scopes are one unknown scope
+            return "scope"
+        return None
+
+    async def authorize(self, request: Request) -> Response:
+        if request.method == "POST":  # a button on the consent page
+            answer = {name: values[0] for name, values in parse_qs((await request.body()).decode()).items()}
+            asked = self.consents.pop(answer.get("consent", ""), None)
+            if asked is None:
+                return error_page("consent")
+            if answer.get("decision") == "authorize":  # scopes (plural): what the user granted (quirk Q2)
+                code = self.issue_code(redirect_uri=asked["redirect_uri"], scope=asked["scope"])
+                back = {"code": code, "scopes": asked["scope"]}
+            else:
+                back = {"error": "access_denied", "error_description": "The user denied the request."}
+            back["state"] = asked.get("state", "")
+            return RedirectResponse(f"{asked['redirect_uri']}?{urlencode(back)}", status_code=302)
+        query = dict(request.query_params)
+        problem = self.authorize_problem(query)
+        if problem is not None:
+            return error_page(problem)
+        consent = secrets.token_urlsafe(12)
+        self.consents[consent] = query
+        scopes = "".join(f"<li>{escape(scope)}</li>" for scope in query["scope"].split(","))
+        return HTMLResponse(
+            f"<!doctype html><title>TikTok</title><h1>Log in to the app with TikTok</h1><ul>{scopes}</ul>"
+            f'<form method="post" action="{AUTHORIZE_PATH}"><input type="hidden" name="consent" value="{consent}">'
+            '<button name="decision" value="authorize">Authorize</button>'
+            '<button name="decision" value="cancel">Cancel</button></form>'
+        )
+
+    async def user_info(self, request: Request) -> Response:
+        """GET /v2/user/info/: the resource envelope (quirk Q9), only the fields the token's scopes allow."""
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        fields = request.query_params.get("fields", "").split(",")
+        if token not in self.token_scopes:
+            return envelope(401, "access_token_invalid", "The access token is invalid or not found in the request.")
+        allowed = set().union(*(SCOPE_FIELDS.get(scope, set()) for scope in self.token_scopes[token].split(",")))
+        if not set(fields) <= allowed:
+            return envelope(
+                400, "scope_permission_missed", "The user did not authorize the scope required for the fields."
+            )
+        return envelope(200, "ok", "", {"user": {name: USER[name] for name in fields}})
+
     def app(self) -> Starlette:
         async def janus(request: Request) -> Response:  # quirk Q5
             self.seen.append(Seen(request.url.path, [], {}))
@@ -185,6 +280,8 @@ class TikTokStandIn:
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
+                Route(AUTHORIZE_PATH, self.authorize, methods=["GET", "POST"]),
+                Route(USER_INFO_PATH, self.user_info, methods=["GET"]),
                 Route("/{path:path}", janus, methods=["GET", "POST"]),
             ]
         )
@@ -192,6 +289,20 @@ class TikTokStandIn:
 
 def new_log_id() -> str:
     return "2026112202" + secrets.token_hex(12).upper()
+
+
+def envelope(status: int, code: str, message: str, data: dict[str, object] | None = None) -> Response:
+    body = {"data": data or {}, "error": {"code": code, "message": message, "log_id": new_log_id()}}
+    return JSONResponse(body, status_code=status)
+
+
+def error_page(parameter: str) -> Response:
+    """TikTok's authorize page refuses a bad request itself, before any redirect."""
+    return HTMLResponse(
+        f"<!doctype html><title>TikTok</title><h1>Something went wrong</h1>"
+        f"<p>Please correct the following: {escape(parameter)}</p>",
+        status_code=400,
+    )
 
 
 # ---- faults a test can plug in as `stand_in.fault = ...`

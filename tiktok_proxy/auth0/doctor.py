@@ -240,7 +240,12 @@ def check_connection_options(
     if expected and token_url.rstrip("/") == expected:
         yield Finding("ok", "the Token URL points at this proxy")
     elif not expected and token_url.rstrip("/").endswith("/proxy/token"):
-        yield Finding("ok", f"the Token URL is a proxy's: {token_url}")
+        # The old v1 sample proxy serves the same path, so the path alone proves nothing.
+        yield Finding(
+            "warning",
+            f"the Token URL {token_url} ends in /proxy/token, as this proxy's and the retired v1 sample's both do",
+            "set PUBLIC_URL so doctor can tell which",
+        )
     else:
         yield Finding(
             "problem",
