@@ -18,8 +18,9 @@ TOKEN = json.dumps({"access_token": "act.fault", "expires_in": 86400, "token_typ
 
 
 class FaultyUpstream:
-    def __init__(self) -> None:
+    def __init__(self, *, idle_timeout: float | None = None) -> None:
         self.behaviour: Behaviour = answer(200, TOKEN)
+        self.idle_timeout = idle_timeout  # close a kept-alive connection after this many idle seconds, as servers do
         self.requests = 0
         self.connections = 0
         self.loop = asyncio.new_event_loop()
@@ -62,7 +63,10 @@ class FaultyUpstream:
         self.connections += 1
         try:
             while True:  # keep-alive: one behaviour per request on this connection
-                head = await reader.readuntil(b"\r\n\r\n")
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
+                except TimeoutError:
+                    return  # without reading what may have arrived meanwhile: the close then sends a reset
                 length = next(
                     (
                         int(line.split(b":")[1])

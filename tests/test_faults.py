@@ -203,8 +203,12 @@ def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: 
             return httpx.post(base + "/proxy/token", data=GRANT, timeout=10)
 
         with ThreadPoolExecutor(8) as pool:
+            before = upstream.requests
             in_flight = [pool.submit(exchange, n) for n in range(8)]
-            time.sleep(0.4)  # all eight are now waiting on TikTok
+            deadline = time.monotonic() + 5
+            while upstream.requests < before + 8 and time.monotonic() < deadline:  # all eight wait on TikTok now
+                time.sleep(0.02)
+            assert upstream.requests == before + 8
             process.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             with pytest.raises(httpx.ConnectError):  # a new exchange is refused at once, not half-served
@@ -221,24 +225,35 @@ def test_sigterm_lets_in_flight_exchanges_finish_and_refuses_new_ones(upstream: 
             process.communicate()
 
 
-def test_a_kept_alive_connection_closed_instead_of_answering_is_an_error(
+def test_a_kept_alive_connection_closed_without_any_answer_is_resent_once_on_a_new_one(
     pool_of_its_own: httpx.Client, fresh: FaultyUpstream
 ) -> None:
-    """After a bodiless 204, TikTok closes the connection instead of answering the next request."""
+    """After a bodiless 204, TikTok closes the connection instead of answering the next request: that request is
+    sent again on a new connection. Once any byte of an answer has arrived, it never is."""
     calls = 0
 
-    async def no_content_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # keep-alive, and no length: nothing follows
-            await writer.drain()
+        elif calls == 2:
+            writer.close()  # not a byte of answer
+            return
+        elif calls == 3:
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(TOKEN)}\r\n\r\n".encode() + TOKEN)
         else:
+            writer.write(b"HTTP/1.1 2")  # a byte of answer, then nothing more
             writer.close()
+            return
+        await writer.drain()
 
-    fresh.behaviour = no_content_then_hang_up
+    fresh.behaviour = scripted
     assert pool_of_its_own.post("/proxy/token", data=GRANT).status_code == 502  # empty 204: not a token
     second = pool_of_its_own.post("/proxy/token", data=GRANT)
-    body = assert_oauth_error(second, 502, "server_error")
+    assert second.status_code == 200, second.text  # the 204's state was not mistaken for this answer
+    assert (fresh.requests, fresh.connections) == (3, 2)  # resent once, on a new connection
+    third = pool_of_its_own.post("/proxy/token", data=GRANT)
+    body = assert_oauth_error(third, 502, "server_error")
     assert "closed before a complete answer" in body["error_description"]
-    assert fresh.connections == 1  # the second request really went out on the kept-alive connection
+    assert (fresh.requests, fresh.connections) == (4, 2)  # part of an answer had arrived: never resent

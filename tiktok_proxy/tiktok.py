@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from . import metrics
 from .config import Settings
 from .errors import OAuthError, missing
 from .logs import redact
@@ -96,20 +98,33 @@ class UpstreamReply:
     retry_after: str | None
 
 
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """The client for TikTok's endpoints, through the egress proxy and with the CA bundle configured."""
+    return UpstreamClient(
+        max_body=MAX_UPSTREAM_BYTES, proxy=settings.egress_proxy, no_proxy=settings.no_proxy, ca_file=settings.ca_file
+    )
+
+
 async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
     """POST a form within one total deadline. Failures become 502 or 504 OAuth errors that say what happened."""
+    started = time.perf_counter()
     try:
         # One deadline for the whole exchange, however slowly TikTok drips its answer.
         async with asyncio.timeout(timeout):
             answer = await client.post(url, urlencode(form).encode(), UPSTREAM_HEADERS)
     except TimeoutError:
+        metrics.upstream_failed("timeout")
         raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
     except ConnectFailed as exc:
+        metrics.upstream_failed(exc.kind)  # connect or tls
         raise OAuthError(502, "server_error", f"TikTok is unreachable: {exc}") from None
     except UpstreamError as exc:
+        metrics.upstream_failed(exc.kind)  # unusable: not HTTP, too large, or closed early
         raise OAuthError(502, "server_error", f"the exchange with TikTok failed: {exc}") from None
     except OSError as exc:
+        metrics.upstream_failed("unusable")
         raise OAuthError(502, "server_error", f"the exchange with TikTok failed ({type(exc).__name__})") from None
+    metrics.upstream_answered(time.perf_counter() - started)
     return UpstreamReply(
         url=url,
         status=answer.status,
@@ -184,6 +199,7 @@ def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
         description = f"TikTok answered HTTP {reply.status} with a body that is not JSON"
     else:
         description = f"TikTok answered HTTP {reply.status} with JSON that is {what}"
+    metrics.upstream_failed("unusable")
     return OAuthError(502, "server_error", description, log_id=reply.log_id)
 
 
@@ -243,6 +259,7 @@ def _rate_limited(reply: UpstreamReply, log_id: str | None) -> OAuthError:
 
 def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
     def unusable(what: str) -> OAuthError:
+        metrics.upstream_failed("unusable")
         return OAuthError(502, "server_error", f"TikTok's token answer has {what}")
 
     token_type = part.get("token_type", "Bearer")

@@ -10,7 +10,6 @@ from urllib.parse import quote
 from .. import tiktok
 from ..config import Settings, load_settings
 from ..errors import OAuthError
-from ..upstream import UpstreamClient
 from .management import AdminError, AdminSettings, management, require
 
 
@@ -57,7 +56,7 @@ async def revoke_at_tiktok(
     out: Callable[[str], None],
 ) -> str | None:
     """Revoke through the same code the proxy's routes use. None on success, else what went wrong."""
-    client = UpstreamClient(max_body=tiktok.MAX_UPSTREAM_BYTES)
+    client = tiktok.upstream_client(proxy_settings)
     key, secret = settings.tiktok_client_key, settings.tiktok_client_secret
 
     async def call(to: tiktok.Relay, params: dict[str, str]) -> dict[str, Any]:
