@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -25,12 +26,12 @@ PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges he
 class ServerThread:
     """uvicorn serving an ASGI app on 127.0.0.1 in a background thread (as httpx's own tests do)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, http: Any = "auto") -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=1, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 

@@ -20,6 +20,7 @@ RANK = {
     "tiktok_proxy.inbound": 2,
     "tiktok_proxy.tiktok": 2,
     "tiktok_proxy.app": 3,
+    "tiktok_proxy.serving": 3,
     "tiktok_proxy.auth0.management": 4,
     "tiktok_proxy.auth0.setup": 5,
     "tiktok_proxy.auth0.revoke_user": 5,
