@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from . import tiktok
-from .config import Settings, settings_or_exit
+from . import metrics, tiktok
+from .config import Settings, egress_proxy_origin, settings_or_exit
 from .errors import NO_STORE, OAuthError, missing
 from .inbound import (
     KNOWN_PARAMS,
@@ -30,8 +31,7 @@ from .inbound import (
     read_body,
     unique_params,
 )
-from .logs import LOG_FORMAT, log, log_outcome, logfmt
-from .upstream import UpstreamClient
+from .logs import formatter, log, log_event, log_outcome, use_format_everywhere
 
 
 async def relay(request: Request, to: tiktok.Relay) -> Response:
@@ -45,8 +45,8 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
         if log.isEnabledFor(logging.DEBUG):
             # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
             known = sorted(name for name in params if name in KNOWN_PARAMS)
-            log.debug(logfmt(event=f"{to.event}_request", params=",".join(known), unknown_params=len(params) - len(known),
-                             authorization_header="authorization" in request.headers))  # fmt: skip
+            log_event(logging.DEBUG, event=f"{to.event}_request", params=",".join(known), unknown_params=len(params) - len(known),
+                      authorization_header="authorization" in request.headers)  # fmt: skip
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
         check_allowed(settings, client_key)
@@ -59,19 +59,24 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
     except OAuthError as err:
         response, outcome = err.response(), err.error
         fields["log_id"] = err.log_id or fields["log_id"]
+    if getattr(request.state, "cut_by_deadline", False):
+        return response  # serving.py cut the body at REQUEST_TIMEOUT, and has answered 408 and logged it
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms)
+    metrics.exchange(to.event, fields["grant"], outcome, response.status_code)
     return response
 
 
 async def token_endpoint(request: Request) -> Response:
     """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
-    return await relay(request, tiktok.TOKEN)
+    with metrics.in_flight():
+        return await relay(request, tiktok.TOKEN)
 
 
 async def revoke_endpoint(request: Request) -> Response:
     """POST /proxy/revoke: an RFC 7009 revocation, relayed to TikTok's revoke endpoint."""
-    return await relay(request, tiktok.REVOKE)
+    with metrics.in_flight():
+        return await relay(request, tiktok.REVOKE)
 
 
 async def authorize_endpoint(request: Request) -> Response:
@@ -87,8 +92,10 @@ async def authorize_endpoint(request: Request) -> Response:
         query = tiktok.authorize_query(params, client_key)
     except OAuthError as err:
         log_outcome(err.status, event="authorize", outcome=err.error, client_key=client_key)
+        metrics.exchange("authorize", None, err.error, err.status)
         return err.response()
     log_outcome(302, event="authorize", outcome="redirect", client_key=client_key)
+    metrics.exchange("authorize", None, "redirect", 302)
     # Only ever the configured TikTok URL: nothing in the request can choose where the browser goes.
     location = f"{settings.authorize_url}?{urlencode(query)}"
     return RedirectResponse(location, status_code=302, headers={**NO_STORE, "Referrer-Policy": "no-referrer"})
@@ -96,6 +103,19 @@ async def authorize_endpoint(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics, served when METRICS_TOKEN is set: Prometheus's text, to `Authorization: Bearer <it>` only."""
+    expected: str = request.app.state.settings.metrics_token
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # In constant time, so that how much of a guess matched does not show in the answer's timing.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), expected.encode()):
+        description = "GET /metrics needs the header Authorization: Bearer <METRICS_TOKEN>"
+        bearer = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        return OAuthError(401, "invalid_token", description, headers=bearer).response()
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type, headers=NO_STORE)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -120,6 +140,8 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app."""
     settings = settings or settings_or_exit()
+    # Now, not in the lifespan: under `uvicorn proxy:app` uvicorn logs its first lines before the lifespan runs.
+    use_format_everywhere(settings.log_format)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -128,9 +150,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # line per exchange replaces it, however the server was started.
         logging.getLogger("uvicorn.access").disabled = True
         if not logging.getLogger().handlers:  # e.g. under `uvicorn proxy:app`, which configures only its own
-            logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-        log.info(logfmt(event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
-                        timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys)))  # fmt: skip
+            handler = logging.StreamHandler()
+            handler.setFormatter(formatter(settings.log_format))
+            logging.basicConfig(level=settings.log_level, handlers=[handler])
+        log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
+                  timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
+                  egress_proxy=egress_proxy_origin(settings.egress_proxy) or None)  # fmt: skip
         if not settings.allowed_client_keys and not settings.proxy_secrets:
             log.warning(
                 "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set: anyone can relay token requests through "
@@ -141,11 +166,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
         gc.freeze()
-        client = UpstreamClient(max_body=tiktok.MAX_UPSTREAM_BYTES)
+        client = tiktok.upstream_client(settings)
         try:
             yield {"upstream": client}
         finally:
             await client.aclose()
+            metrics.worker_stopped()  # here: uvicorn ends a worker by re-raising SIGTERM, so atexit never runs
 
     routes = [
         Route(path, endpoint, methods=[method])
@@ -156,6 +182,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ]
         for path in (base, base + "/")  # TikTok's own URLs end in '/', so users may paste ours that way too
     ]
+    if settings.metrics_token:  # otherwise GET /metrics is the ordinary 404
+        metrics.setup(settings.workers)
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

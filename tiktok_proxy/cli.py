@@ -12,6 +12,7 @@ import sys
 
 import uvicorn
 
+from . import metrics
 from .config import ConfigError, settings_or_exit
 from .logs import logging_config, redact
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(host: str | None, port: int | None) -> None:
     settings = settings_or_exit()
+    if settings.metrics_token and settings.workers > 1:
+        # Now, before uvicorn starts the workers: each reads the variable when it first imports prometheus_client.
+        metrics.share_between_workers()
     uvicorn.run(
         "proxy:app",
         host=host or settings.host,
@@ -60,6 +64,8 @@ def serve(host: str | None, port: int | None) -> None:
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
         # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
         timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,
+        # REQUEST_TIMEOUT, MAX_CONNECTIONS and the head cap, in each worker (README: Serving limits).
+        http="tiktok_proxy.serving:LimitedHttpToolsProtocol",
         server_header=False,
         proxy_headers=False,
     )

@@ -32,6 +32,7 @@ KNOWN_PARAMS = frozenset(
 
 
 def body_too_large() -> OAuthError:
+    metrics.refused(413, "body")
     return OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
