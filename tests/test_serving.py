@@ -28,6 +28,7 @@ import pytest
 from tiktok_proxy import serving
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
+from tiktok_proxy.serving import automatic_max_connections
 
 from conftest import ServerThread, free_port, timer, wait_until_healthy
 from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
@@ -300,7 +301,7 @@ def test_the_limits_hold_however_the_proxy_is_started(
         "TIKTOK_REVOKE_URL": tiktok_server.url + REVOKE_PATH,
         "REQUEST_TIMEOUT": "1",
     }
-    # With an open-file limit of 1024, the default MAX_CONNECTIONS (1000) is not well below it: a warning says so.
+    # With an open-file limit of 1024, MAX_CONNECTIONS defaults to fewer than 1000, well below it.
     process = subprocess.Popen(
         ["sh", "-c", 'ulimit -n 1024 && exec "$0" "$@"', *command, "--port", str(port)],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -337,9 +338,21 @@ def test_the_limits_hold_however_the_proxy_is_started(
         output, _ = process.communicate(timeout=15)
     assert "event=refused reason=head status=431" in output
     assert "event=refused reason=deadline status=408" in output
-    assert "event=serving_limits request_timeout=1.0 max_connections=1000 open_file_limit=1024" in output
-    assert "MAX_CONNECTIONS=1000 is not well below this process's open-file limit (1024)" in output
+    assert "event=serving_limits request_timeout=1.0 max_connections=480 open_file_limit=1024" in output
+    assert "is not well below this process's open-file limit" not in output
     assert "Traceback" not in output and MARKER not in output
+
+
+def test_a_max_connections_too_close_to_the_open_file_limit_is_named(tmp_path: Path) -> None:
+    command = 'ulimit -n 1024 && exec "$0" -c "import tiktok_proxy.serving as s; s.LimitedHttpToolsProtocol"'
+    env = {"PATH": os.environ["PATH"], "MAX_CONNECTIONS": "1000"}
+    result = subprocess.run(["sh", "-c", command, sys.executable], env=env, cwd=REPO, capture_output=True, text=True)
+    assert "MAX_CONNECTIONS=1000 is not well below this process's open-file limit (1024)" in result.stderr
+
+
+@pytest.mark.parametrize(("open_files", "expected"), [(1024, 480), (4096, 1000), (20000, 1000), (100, 18), (10, 1)])
+def test_max_connections_follows_the_open_file_limit(open_files: int, expected: int) -> None:
+    assert automatic_max_connections(open_files) == expected
 
 
 def test_the_attack_script_finds_the_proxy_serving_through_an_attack() -> None:

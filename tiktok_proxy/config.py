@@ -36,7 +36,7 @@ class Settings:
     # Serving limits (tiktok_proxy/serving.py): the whole request within this many seconds, and at most this
     # many open connections per worker.
     request_timeout: float = 10.0
-    max_connections: int = 1000
+    max_connections: int = 0  # 0: automatic, 1000 or less, well below the open-file limit (serving.py)
     # The gate: when set, token and revoke requests must carry X-Proxy-Secret with one of these values.
     proxy_secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
     # GET /metrics is served only when set, and only to `Authorization: Bearer <metrics_token>`.
@@ -71,7 +71,7 @@ GOOD_VALUES = {
     "WEB_CONCURRENCY": "a whole number of workers from 1 to 64, e.g. 2",
     "LOG_FORMAT": "plain or json",
     "REQUEST_TIMEOUT": "seconds from 1 to 300, e.g. 10",
-    "MAX_CONNECTIONS": "connections per worker from 1 to 100000, well below the open-file limit, e.g. 1000",
+    "MAX_CONNECTIONS": "connections per worker from 1 to 100000, well below the open-file limit (0: automatic)",
     "PROXY_SECRET": "comma-separated random values of 16 or more characters, e.g. from: openssl rand -hex 32",
     "METRICS_TOKEN": "a random value of 16 or more characters, e.g. from: openssl rand -hex 32",
     "HTTPS_PROXY": "your egress proxy, e.g. http://user:password@proxy.internal:3128",
@@ -102,7 +102,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=one_of("LOG_FORMAT", raw("LOG_FORMAT") or defaults.log_format, ("plain", "json")),
         workers=bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
         request_timeout=bounded(float, "REQUEST_TIMEOUT", raw("REQUEST_TIMEOUT"), defaults.request_timeout, 1, 300),
-        max_connections=bounded(int, "MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), defaults.max_connections, 1, 100_000),
+        max_connections=bounded(int, "MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), defaults.max_connections, 0, 100_000),
         proxy_secrets=proxy_secrets(raw("PROXY_SECRET")),
         metrics_token=secret_value("METRICS_TOKEN", raw("METRICS_TOKEN") or ""),
         egress_proxy=egress_proxy(raw("HTTPS_PROXY") or raw("https_proxy") or ""),

@@ -229,25 +229,37 @@ class _ClosesThrough:
         return getattr(self.transport, name)
 
 
+DEFAULT_MAX_CONNECTIONS = 1000
+SPARE_FILES = 64  # the listening socket, logs, the metrics files, a few idle connections to TikTok
+
+
+def automatic_max_connections(open_file_limit: int) -> int:
+    """MAX_CONNECTIONS unset: 1000, or fewer where the open-file limit is low (1024 on many laptops). A connection
+    can hold a second one, to TikTok, and past the open-file limit accepting fails with no answer at all."""
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, (open_file_limit - SPARE_FILES) // 2))
+
+
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:
     """The protocol class for these settings, with its own count of refusals; logs the limits once."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     unlimited = soft == resource.RLIM_INFINITY
+    max_connections = settings.max_connections or (
+        DEFAULT_MAX_CONNECTIONS if unlimited else automatic_max_connections(soft)
+    )
     # Under `uvicorn proxy:app`, nothing handles the proxy's logger until the app starts: say it through uvicorn's.
     out = log if log.hasHandlers() else logging.getLogger("uvicorn.error")
     log_event(logging.INFO, out, event="serving_limits", request_timeout=settings.request_timeout,
-              max_connections=settings.max_connections, open_file_limit="unlimited" if unlimited else soft,
+              max_connections=max_connections, open_file_limit="unlimited" if unlimited else soft,
               max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
-    # A connection can hold a second one, to TikTok; past the open-file limit, accepting fails instead of a 503.
-    if not unlimited and 2 * settings.max_connections > soft:
+    if not unlimited and 2 * max_connections > soft:
         out.warning(
-            f"MAX_CONNECTIONS={settings.max_connections} is not well below this process's open-file limit ({soft}): "
+            f"MAX_CONNECTIONS={max_connections} is not well below this process's open-file limit ({soft}): "
             "each connection can hold a second one to TikTok, so the limit can be hit first and connections then fail "
             "without an answer; raise the limit (ulimit -n) or lower MAX_CONNECTIONS"
         )
 
     class LimitedHttpToolsProtocol(LimitedProtocol):
-        limits = Limits(settings.request_timeout, settings.max_connections)
+        limits = Limits(settings.request_timeout, max_connections)
 
     return LimitedHttpToolsProtocol
 
