@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 
@@ -131,3 +132,11 @@ def proxy_with(base_settings: Settings) -> Iterator[Callable[..., httpx.Client]]
 def timer() -> Iterator[Callable[[], float]]:
     start = time.monotonic()
     yield lambda: time.monotonic() - start
+
+
+@pytest.fixture
+def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kinds of upstream failure the proxy reports to its metrics, in order."""
+    kinds: list[str] = []
+    monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
+    return kinds

@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings, load_settings
 from tiktok_proxy.upstream import EgressProxy, UpstreamClient, bypasses_proxy
@@ -142,13 +141,6 @@ def start_proxy(tiktok: TikTokOverTLS) -> Iterator[Callable[[Settings], httpx.Cl
     for server, client in started:
         client.close()
         server.__exit__()
-
-
-@pytest.fixture
-def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    kinds: list[str] = []
-    monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
-    return kinds
 
 
 def test_the_exchange_goes_through_one_connect_tunnel(

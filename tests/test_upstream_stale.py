@@ -12,7 +12,6 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 from tiktok_proxy.upstream import keep_alive_timeout
@@ -39,13 +38,6 @@ def start_proxy() -> Iterator[Callable[[FaultyUpstream], str]]:
     yield start
     for server in servers:
         server.__exit__()
-
-
-@pytest.fixture
-def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    kinds: list[str] = []
-    monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
-    return kinds
 
 
 def resends(caplog: pytest.LogCaptureFixture) -> int:
