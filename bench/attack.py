@@ -3,7 +3,7 @@
     .venv/bin/python bench/attack.py            # about 25 seconds
     .venv/bin/python bench/attack.py --quick    # about 11 seconds, smaller numbers (tests/test_serving.py runs it)
 
-It starts the TikTok stand-in (tests/tiktok_stand_in.py) and the proxy (`python proxy.py`, one worker) with
+It starts the TikTok stand-in (tests/stand_ins/tiktok.py) and the proxy (`python proxy.py`, one worker) with
 MAX_CONNECTIONS and REQUEST_TIMEOUT set, then attacks it well beyond MAX_CONNECTIONS: first with bloated heads
 (a header line that never ends), then with slow drips as well (one header line a second; each attacker
 reconnects when cut or refused). Meanwhile a few clients make client_credentials exchanges, each on a new
@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STAND_IN = (
-    "import sys, uvicorn; sys.path.insert(0, 'tests'); from tiktok_stand_in import TikTokStandIn; "
+    "import sys, uvicorn; sys.path.insert(0, 'tests'); from stand_ins.tiktok import TikTokStandIn; "
     "uvicorn.run(TikTokStandIn().app(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
 )
 FORM = b"grant_type=client_credentials&client_key=aw1testclientkey&client_secret=s3cr3t-Client-Secret-value"

@@ -19,7 +19,7 @@ from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 
-from tiktok_stand_in import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+from stand_ins.tiktok import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
 

@@ -17,9 +17,9 @@ from tiktok_proxy.auth0.doctor import PROBE_CODE, doctor
 from tiktok_proxy.auth0.management import load_admin_settings
 from tiktok_proxy.config import DEFAULT_REVOKE_URL, DEFAULT_TOKEN_URL, Settings
 
-from auth0_stand_in import ALL_SCOPES, MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from conftest import ServerThread, free_port
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+from stand_ins.auth0_management import ALL_SCOPES, MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://proxy.example.ngrok-free.app"

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tiktok_stand_in import CLIENT_KEY, REDIRECT_URI
+from stand_ins.tiktok import CLIENT_KEY, REDIRECT_URI
 
 AUTH0_AUTHORIZE = {  # what Auth0's generic OAuth2 strategy puts on the Authorization URL
     "response_type": "code",

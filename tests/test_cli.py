@@ -17,7 +17,7 @@ import pytest
 from tiktok_proxy.logs import logfmt
 
 from conftest import ServerThread, free_port, wait_until_healthy
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from conftest import ServerThread
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW_CLIENT_KEY = "aw1slowclientkey"

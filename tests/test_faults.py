@@ -21,7 +21,7 @@ from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 
 from conftest import PROXY_TIMEOUT, ServerThread, free_port, timer, wait_until_healthy
-from faults import (
+from stand_ins.faulty_upstream import (
     TOKEN,
     FaultyUpstream,
     answer,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ServerThread
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "400")),

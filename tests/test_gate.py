@@ -8,8 +8,8 @@ import pytest
 
 from tiktok_proxy.config import ConfigError, load_settings
 
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
 from test_token import assert_oauth_error, code_grant
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
 
 OLD, NEW = "old-gate-secret-0123456789abcdef", "new-gate-secret-fedcba9876543210"
 GATED = frozenset({OLD, NEW})  # two values: a rotation in progress

@@ -1,8 +1,8 @@
 """A user's first login, in a real browser, from what `python proxy.py setup-auth0` wrote.
 
 Everything runs on 127.0.0.1 over real sockets: a tiny application, the Auth0 tenant (the Management API
-stand-in plus the login stand-in, tests/auth0_login_stand_in.py), TikTok's authorize page, token and user-info
-endpoints (tests/tiktok_stand_in.py), and the real proxy over https. chromium drives it through Playwright.
+stand-in plus the login stand-in, tests/stand_ins/auth0_login.py), TikTok's authorize page, token and user-info
+endpoints (tests/stand_ins/tiktok.py), and the real proxy over https. chromium drives it through Playwright.
 Each journey starts from a clean tenant and a fresh `setup-auth0` run.
 
 Screenshots go to $JOURNEY_ARTIFACTS (or pytest's tmp_path); with UPDATE_SCREENSHOTS=1, two of them also
@@ -32,11 +32,11 @@ from starlette.routing import Route
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import load_settings
 
-from auth0_login_stand_in import Auth0LoginStandIn
-from auth0_stand_in import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from conftest import ServerThread
+from stand_ins.auth0_login import Auth0LoginStandIn
+from stand_ins.auth0_management import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
+from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, USER, TikTokStandIn
 from test_admin import cli
-from tiktok_stand_in import AUTHORIZE_PATH, CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, USER, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

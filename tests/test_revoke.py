@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from conftest import PROXY_TIMEOUT, free_port, timer
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TikTokStandIn, reply, silence
 from test_token import assert_oauth_error, basic
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TikTokStandIn, reply, silence
 
 CREDENTIALS = {"client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET}
 

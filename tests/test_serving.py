@@ -31,7 +31,7 @@ from tiktok_proxy.config import Settings
 from tiktok_proxy.serving import automatic_max_connections
 
 from conftest import ServerThread, free_port, timer, wait_until_healthy
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "SeCrEt-marker-value"  # sent where a secret would be; finding it in a log line means it leaked

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import PROXY_TIMEOUT, free_port, timer
-from tiktok_stand_in import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, TikTokStandIn, drip, reply, silence
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, TikTokStandIn, drip, reply, silence
 
 VERIFIER = "hex-or-base64url-verifier_" + "x" * 30
 

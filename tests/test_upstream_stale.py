@@ -1,5 +1,5 @@
 """Kept-alive connections that TikTok closes when idle: no exchange fails for it, and nothing is sent twice
-that TikTok may have read (issue 9). Real sockets: the proxy under uvicorn, a raw upstream (faults.py)."""
+that TikTok may have read (issue 9). Real sockets: the proxy under uvicorn, a raw upstream (tests/stand_ins/faulty_upstream.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tiktok_proxy.config import Settings
 from tiktok_proxy.upstream import keep_alive_timeout
 
 from conftest import PROXY_TIMEOUT, ServerThread
-from faults import TOKEN, FaultyUpstream, answer
+from stand_ins.faulty_upstream import TOKEN, FaultyUpstream, answer
 from test_token import assert_oauth_error
 
 GRANT = {"grant_type": "client_credentials", "client_id": "aw1stalekey", "client_secret": "stale-secret-value"}

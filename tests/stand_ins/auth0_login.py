@@ -1,6 +1,6 @@
 """A local stand-in for Auth0's login through a custom social connection (strategy oauth2).
 
-It reads the connection from the Management API stand-in (tests/auth0_stand_in.py), as `setup-auth0` wrote
+It reads the connection from the Management API stand-in (tests/stand_ins/auth0_management.py), as `setup-auth0` wrote
 it, at every step, and does what Auth0 does with it (see shared auth0-custom-connection.md):
 
 - GET /authorize?connection=…&client_id=<app>&redirect_uri=…&state=…: sends the browser to the
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from auth0_stand_in import Auth0StandIn
+from stand_ins.auth0_management import Auth0StandIn
 
 # Runs a Fetch User Profile script as Auth0 does: compiled as a function in a sandbox where `request` is a
 # global (never required), called with (accessToken, context, callback). Input and output are JSON.
