@@ -99,6 +99,7 @@ def test_exchanges_are_counted_with_bounded_labels(proxy_with, tiktok: TikTokSta
     assert unreachable.post("/proxy/token", data=code_grant("code")).status_code == 502
     gated = proxy_with(metrics_token=METRICS_TOKEN, proxy_secrets=frozenset({"gate-secret-0123456789"}))
     assert gated.post("/proxy/token", data=code_grant("code")).status_code == 401
+    assert client.post("/proxy/token", data={"code": "x" * 70_000}).status_code == 413
 
     after, text = scrape(client)  # one process: every proxy of this test counts into the same metrics
 
@@ -115,6 +116,8 @@ def test_exchanges_are_counted_with_bounded_labels(proxy_with, tiktok: TikTokSta
     assert grew("tiktok_proxy_upstream_failures_total", kind="unusable") == 1
     assert grew("tiktok_proxy_upstream_failures_total", kind="connect") == 1
     assert grew("tiktok_proxy_refusals_total", status="401", reason="gate") == 1
+    assert grew("tiktok_proxy_refusals_total", status="413", reason="body") == 1
+    assert grew("tiktok_proxy_exchanges_total", **exchanges("token", "none", "invalid_request", 413)) == 1
     assert grew("tiktok_proxy_upstream_answer_seconds_count") == 5  # TikTok answered five times
     assert value(after, "tiktok_proxy_requests_in_flight") == 0
     assert "a_brand_new_tiktok_error" not in text
