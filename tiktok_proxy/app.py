@@ -155,7 +155,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logging.basicConfig(level=settings.log_level, handlers=[handler])
         log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
-                  egress_proxy=egress_proxy_origin(settings.egress_proxy) or None)  # fmt: skip
+                  egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
+                  gate="on" if settings.proxy_secrets else "off", metrics="on" if settings.metrics_token else "off")  # fmt: skip
         if not settings.allowed_client_keys and not settings.proxy_secrets:
             log.warning(
                 "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set: anyone can relay token requests through "
