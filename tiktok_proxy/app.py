@@ -21,6 +21,7 @@ from . import metrics, tiktok
 from .config import Settings, egress_proxy_origin, settings_or_exit
 from .errors import NO_STORE, OAuthError, missing
 from .inbound import (
+    CUT_BY_DEADLINE,
     KNOWN_PARAMS,
     check_allowed,
     check_gate,
@@ -59,7 +60,7 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
     except OAuthError as err:
         response, outcome = err.response(), err.error
         fields["log_id"] = err.log_id or fields["log_id"]
-    if getattr(request.state, "cut_by_deadline", False):
+    if getattr(request.state, CUT_BY_DEADLINE, False):
         return response  # serving.py cut the body at REQUEST_TIMEOUT, and has answered 408 and logged it
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms)

@@ -19,6 +19,9 @@ from . import metrics
 from .config import Settings
 from .errors import OAuthError, invalid_request, missing
 
+# Set in the request's state by serving.py when REQUEST_TIMEOUT cuts the body: the disconnect the app then sees
+# is that cut, already answered (408) and logged there.
+CUT_BY_DEADLINE = "cut_by_deadline"
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELDS = 64
 # Parameter names this proxy knows; only these are ever named back in an error message.
@@ -32,7 +35,7 @@ KNOWN_PARAMS = frozenset(
 
 
 def body_too_large() -> OAuthError:
-    metrics.refused(413, "body")
+    metrics.refused("body")
     return OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
@@ -181,7 +184,7 @@ def check_gate(settings: Settings, request: Request) -> None:
         else []
     )
     if not any(matches):
-        metrics.refused(401, "gate")
+        metrics.refused("gate")
         problem = "is missing" if not sent else "is repeated" if len(sent) > 1 else "does not match"
         raise OAuthError(
             401,

@@ -190,10 +190,10 @@ def upstream_failed(kind: str) -> None:
         _recorder.failures.inc(kind if kind in FAILURE_KINDS else "other")
 
 
-def refused(status: int, reason: str) -> None:
-    """The gate or a serving limit refused a request: 401 gate, 408 deadline, 413 body, 431 head, 503 full."""
+def refused(reason: str) -> None:
+    """The gate or a serving limit refused a request: one of REFUSALS, which gives its status."""
     if _recorder is not None:
-        _recorder.refusals.inc(status, reason if reason in REFUSALS else "other")
+        _recorder.refusals.inc(REFUSALS[reason], reason)
 
 
 def in_flight() -> AbstractContextManager[None]:

@@ -22,6 +22,7 @@ from uvicorn.server import ServerState
 from . import metrics
 from .config import Settings, settings_or_exit
 from .errors import OAuthError
+from .inbound import CUT_BY_DEADLINE
 from .logs import log, log_event
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; Auth0's are under 2 KiB
@@ -30,9 +31,6 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
 RETRY_AFTER_SECONDS = 5
 WARN_EVERY_SECONDS = 5.0  # at most one "connections refused" line this often
-# Set in the request's state (request.state) when the deadline cuts its body: app.relay then knows that the
-# disconnect it sees is this cut, already answered and logged here.
-CUT_BY_DEADLINE = "cut_by_deadline"
 
 
 @dataclass
@@ -92,7 +90,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self.connections.discard(self)  # the cap counts connections being served, not those refused
             self._answer(503, "temporarily_unavailable", "the proxy has too many open connections; retry shortly",
                          {"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
-            metrics.refused(503, "full")
+            metrics.refused("full")
             self.limits.count_refusal(self.loop)
             self._linger()  # the client's request may be in flight: read it, or the close would reset the 503
             return
@@ -173,14 +171,14 @@ class LimitedProtocol(HttpToolsProtocol):
         if not self.in_head:  # the app is waiting for the rest of the body: tell it why it will not come
             self.cycle.scope.setdefault("state", {})[CUT_BY_DEADLINE] = True
         log_event(logging.WARNING, event="refused", reason="deadline", status=408, phase=phase, request_timeout=seconds)
-        metrics.refused(408, "deadline")
+        metrics.refused("deadline")
         self.raw.close()  # no lingering: the client has had its time
 
     def _refuse_head(self) -> None:
         if self._can_answer():
             self._answer(431, "invalid_request", f"the request head is over {MAX_HEAD_BYTES} bytes")
         log_event(logging.WARNING, event="refused", reason="head", status=431, max_head_bytes=MAX_HEAD_BYTES)
-        metrics.refused(431, "head")
+        metrics.refused("head")
         self.transport.close()  # lingering: the client is still sending its head
 
     def _answer(self, status: int, error: str, description: str, headers: dict[str, str] | None = None) -> None:
