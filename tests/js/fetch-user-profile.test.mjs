@@ -6,6 +6,7 @@ import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { types } from 'node:util';
 import vm from 'node:vm';
+import { requestStandIn } from './request-stand-in.cjs';
 
 const SCRIPT = new URL('../../tiktok_proxy/auth0/fetch-user-profile.js', import.meta.url);
 const BASIC_FIELDS = ['open_id', 'union_id', 'avatar_url', 'avatar_url_100', 'avatar_large_url', 'display_name'];
@@ -30,7 +31,6 @@ const TOKENS = {
 };
 
 let server;
-let origin;
 const seen = [];
 
 // TikTok's GET /v2/user/info/: the v2 envelope, errors by scope, 401 for an unknown token.
@@ -61,31 +61,15 @@ function userInfo(req, res) {
   reply(200, { data: { user }, error: { code: 'ok', message: '', log_id: '20261122LOGIDOK' } });
 }
 
-// A small stand-in for the `request` module Auth0 gives these scripts: same call shape, same callback,
-// with TikTok's origin pointed at the local stand-in.
+// The `request` module Auth0 gives these scripts (request-stand-in.cjs), with TikTok's origin pointed at the
+// local stand-in; any other origin is a test failure.
+const TIKTOK = 'https://open.tiktokapis.com';
+const hosts = {}; // filled in once the stand-in listens
+const viaStandIn = requestStandIn(hosts);
 const request = {
   get(options, callback) {
-    const target = new URL(options.url);
-    assert.equal(target.origin, 'https://open.tiktokapis.com');
-    const local = new URL(target.pathname + target.search, origin);
-    http
-      .get(local, { headers: options.headers }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk) => (text += chunk));
-        res.on('end', () => {
-          let body = text;
-          if (options.json) {
-            try {
-              body = JSON.parse(text);
-            } catch {
-              body = text;
-            }
-          }
-          callback(null, { statusCode: res.statusCode, headers: res.headers }, body);
-        });
-      })
-      .on('error', (err) => callback(err));
+    assert.equal(new URL(options.url).origin, TIKTOK);
+    viaStandIn.get(options, callback);
   }
 };
 
@@ -101,7 +85,7 @@ function fetchUserProfile(accessToken, context) {
 before(async () => {
   server = http.createServer(userInfo);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  origin = `http://127.0.0.1:${server.address().port}`;
+  hosts[TIKTOK] = `http://127.0.0.1:${server.address().port}`;
 });
 
 after(() => server.close());

@@ -24,6 +24,7 @@ import secrets
 import ssl
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -35,35 +36,15 @@ from starlette.routing import Route
 
 from stand_ins.auth0_management import Auth0StandIn
 
+# The `request` module Auth0 gives the script as a global, shared with tests/js (public origins -> local ones).
+REQUEST_STAND_IN = Path(__file__).resolve().parent.parent / "js" / "request-stand-in.cjs"
+
 # Runs a Fetch User Profile script as Auth0 does: compiled as a function in a sandbox where `request` is a
 # global (never required), called with (accessToken, context, callback). Input and output are JSON.
 NODE_RUNNER = r"""
-const http = require('node:http');
 const vm = require('node:vm');
 const input = JSON.parse(require('node:fs').readFileSync(0, 'utf8'));
-
-// The `request` module's call shapes: get(options, cb), get(url, cb), get(url, options, cb).
-const request = {
-  get(first, second, third) {
-    const options = typeof first === 'string' ? { ...(typeof second === 'object' ? second : {}), url: first } : first;
-    const callback = typeof second === 'function' ? second : third;
-    const target = new URL(options.url);
-    const local = input.hosts[target.origin];
-    if (!local) return callback(new Error('no route to ' + target.origin + ' from this test'));
-    http.get(new URL(target.pathname + target.search, local), { headers: options.headers || {} }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk) => (text += chunk));
-      res.on('end', () => {
-        let body = text;
-        if (options.json) {
-          try { body = JSON.parse(text); } catch { body = text; }
-        }
-        callback(null, { statusCode: res.statusCode, headers: res.headers }, body);
-      });
-    }).on('error', callback);
-  }
-};
+const request = require(input.requestStandIn).requestStandIn(input.hosts);
 
 const report = (outcome) => process.stdout.write(JSON.stringify(outcome));
 process.on('uncaughtException', (err) => report({ error: String(err) }));  // e.g. a TypeError in a callback
@@ -176,7 +157,15 @@ class Auth0LoginStandIn:
     def fetch_user_profile(self, script: str, access_token: str, context: dict[str, Any]) -> dict[str, Any]:
         run = subprocess.run(
             ["node", "-e", NODE_RUNNER],
-            input=json.dumps({"script": script, "accessToken": access_token, "context": context, "hosts": self.hosts}),
+            input=json.dumps(
+                {
+                    "script": script,
+                    "accessToken": access_token,
+                    "context": context,
+                    "hosts": self.hosts,
+                    "requestStandIn": str(REQUEST_STAND_IN),
+                }
+            ),
             capture_output=True,
             text=True,
             timeout=20,
