@@ -39,7 +39,7 @@ def test_the_gate_refuses_before_anything_else(proxy_with, tiktok: TikTokStandIn
     assert tiktok.seen == []  # TikTok was never called
 
 
-@pytest.mark.parametrize("secret", [OLD, NEW])
+@pytest.mark.parametrize("secret", [OLD, NEW], ids=["old", "new"])  # ids: no secret in the test names
 def test_either_value_passes_during_a_rotation(proxy_with, tiktok: TikTokStandIn, secret: str) -> None:  # type: ignore[no-untyped-def]
     client = proxy_with(proxy_secrets=GATED)
     response = client.post("/proxy/token", data=code_grant(tiktok.issue_code()), headers={"X-Proxy-Secret": secret})
