@@ -39,6 +39,7 @@ class Limits:
 
     request_timeout: float
     max_connections: int
+    keep_alive_timeout: float
     refused: int = 0
     warned_at: float = -math.inf
     warning: asyncio.TimerHandle | None = None
@@ -75,6 +76,9 @@ class LimitedProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        # KEEP_ALIVE_TIMEOUT, however the server was started: uvicorn's own default (5 s) is below every front
+        # door's idle timeout, and a front door that reuses a connection as it closes loses a POST (a 502).
+        self.timeout_keep_alive = self.limits.keep_alive_timeout
         self.deadline: asyncio.TimerHandle | None = None
         self.in_head = True  # the next bytes received belong to a request head
         self.head_bytes = 0
@@ -247,7 +251,7 @@ def protocol_for(settings: Settings) -> type[LimitedProtocol]:
     # Under `uvicorn proxy:app`, nothing handles the proxy's logger until the app starts: say it through uvicorn's.
     out = log if log.hasHandlers() else logging.getLogger("uvicorn.error")
     log_event(logging.INFO, out, event="serving_limits", request_timeout=settings.request_timeout,
-              max_connections=max_connections, open_file_limit="unlimited" if unlimited else soft,
+              keep_alive_timeout=settings.keep_alive_timeout, max_connections=max_connections, open_file_limit="unlimited" if unlimited else soft,
               max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
     if not unlimited and 2 * max_connections > soft:
         out.warning(
@@ -257,7 +261,7 @@ def protocol_for(settings: Settings) -> type[LimitedProtocol]:
         )
 
     class LimitedHttpToolsProtocol(LimitedProtocol):
-        limits = Limits(settings.request_timeout, max_connections)
+        limits = Limits(settings.request_timeout, max_connections, settings.keep_alive_timeout)
 
     return LimitedHttpToolsProtocol
 
