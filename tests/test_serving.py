@@ -339,7 +339,7 @@ def test_the_limits_hold_however_the_proxy_is_started(
     assert "event=refused reason=head status=431" in output
     assert "event=refused reason=deadline status=408" in output
     assert (
-        "event=serving_limits request_timeout=1.0 keep_alive_timeout=75.0 max_connections=480 open_file_limit=1024"
+        "event=serving_limits request_timeout=1.0 keep_alive_timeout=75 max_connections=480 open_file_limit=1024"
         in output
     )
     assert "is not well below this process's open-file limit" not in output

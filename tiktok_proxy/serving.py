@@ -39,7 +39,7 @@ class Limits:
 
     request_timeout: float
     max_connections: int
-    keep_alive_timeout: float
+    keep_alive_timeout: int
     refused: int = 0
     warned_at: float = -math.inf
     warning: asyncio.TimerHandle | None = None
