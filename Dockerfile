@@ -41,8 +41,8 @@ EXPOSE 3333
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3333'), timeout=4)"]
 
-# Exec form: python is PID 1 and gets SIGTERM itself. uvicorn then stops accepting, lets in-flight exchanges
-# finish (up to TIKTOK_TIMEOUT + 1 seconds), and exits 0. Give it that long: docker stop -t, Kubernetes'
-# terminationGracePeriodSeconds.
+# Exec form: python is PID 1 and gets SIGTERM itself. uvicorn then stops accepting, lets the requests under way
+# finish (up to REQUEST_TIMEOUT + TIKTOK_TIMEOUT + 1 seconds, 21 by default), and exits 0. Give it that long:
+# docker stop -t 25, Kubernetes' terminationGracePeriodSeconds.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["python3", "proxy.py"]

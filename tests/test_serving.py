@@ -22,13 +22,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tiktok_proxy import serving
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
-from tiktok_proxy.serving import automatic_max_connections
+from tiktok_proxy.serving import OpenFiles
 
 from conftest import ServerThread, free_port, timer, wait_until_healthy
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
@@ -361,12 +362,104 @@ def test_a_client_that_keeps_sending_a_2_mib_body_reads_the_413(limited: ServerT
 
 
 def test_an_early_answer_on_a_kept_alive_connection_ends_it(limited: ServerThread) -> None:
-    """An answer sent before the body is all in (here a 404) closes the connection: no half-read body is parsed
-    as the next request."""
+    """An answer sent before the body is all in (here a 404) closes the connection, and says so: no half-read
+    body is parsed as the next request."""
     with connect(limited) as sock:
         sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
-        status, _, _ = parse(read_to_end(sock))
-    assert status == 404
+        status, headers, _ = parse(read_to_end(sock))
+    assert status == 404 and headers["connection"] == "close"
+
+
+GATE_SECRET = "gate-secret-value-0123456789"
+
+
+@pytest.fixture(scope="module")
+def gated(base_settings: Settings) -> Iterator[ServerThread]:
+    settings = replace(base_settings, request_timeout=2, proxy_secrets=frozenset({GATE_SECRET}))
+    with ServerThread(create_app(settings), http=serving.protocol_for(settings)) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Length: 5000\r\n\r\n", 401),  # the gate, before the body
+        (b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nX-Proxy-Secret: " + GATE_SECRET.encode()
+         + b"\r\nContent-Length: 200000\r\n\r\n", 413),  # by Content-Length, before the body
+    ],
+    ids=["401 before the body", "413 by Content-Length"],
+)  # fmt: skip
+def test_an_answer_before_the_body_says_connection_close(gated: ServerThread, head: bytes, status: int) -> None:
+    with connect(gated) as sock:
+        sock.sendall(head + b"grant_type=")  # the rest of the body is still on its way
+        code, headers, body = parse(read_to_end(sock))
+    assert code == status and headers["connection"] == "close" and body["error"]
+
+
+def test_an_answer_to_a_whole_request_keeps_the_connection(gated: ServerThread) -> None:
+    """The gate's 401 to a request that arrived whole closes nothing: the front door may reuse the connection."""
+    with connect(gated) as sock:
+        for _ in range(2):
+            sock.sendall(b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Length: 3\r\n\r\nx=y")
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 401 ") and b"connection: close" not in head.lower()
+
+
+TOKEN_REQUEST = (
+    "POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    "Content-Length: {length}\r\n\r\n{form}"
+)
+
+
+def token_request(tiktok: TikTokStandIn) -> bytes:
+    form = f"grant_type=authorization_code&client_id={CLIENT_KEY}&client_secret={CLIENT_SECRET}"
+    form += f"&code={tiktok.issue_code()}&redirect_uri={REDIRECT_URI}"
+    return TOKEN_REQUEST.format(length=len(form), form=form).encode()
+
+
+def split_answers(raw: bytes) -> list[tuple[int, dict[str, str], dict[str, str]]]:
+    """Every answer in a stream of Content-Length-framed answers, in order."""
+    answers = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *([0-9]+)", head).group(1))  # type: ignore[union-attr]
+        answers.append(parse(head + b"\r\n\r\n" + rest[:length]))
+        raw = rest[length:]
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("later", "status"),
+    [
+        (b"GARBAGE / HTTP/1.1\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 17 * 1024 + b"\r\n\r\n", 431),
+    ],
+    ids=["not HTTP", "a NUL in a header", "a head over 16 KiB"],
+)
+def test_pipelined_requests_are_answered_in_order_and_none_is_lost(
+    limited: ServerThread, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture, later: bytes, status: int
+) -> None:
+    """A token exchange, then a malformed request in the same write: the exchange's answer goes out first, whole,
+    and the refusal after it; the log's 200 is an answer the client really got."""
+    with connect(limited) as sock:
+        sock.sendall(token_request(tiktok) + token_request(tiktok) + later)
+        answers = split_answers(read_to_end(sock))
+    assert [code for code, _, _ in answers] == [200, 200, status], answers
+    assert all(body["access_token"].startswith("act.") for _, _, body in answers[:2])
+    assert answers[2][1]["connection"] == "close" and answers[2][2]["error"] == "invalid_request"
+    assert answers[2][1]["content-type"] == "application/json"
+    assert len([line for line in proxy_lines(caplog) if line.startswith("event=token outcome=ok")]) == 2
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(
+    limited: ServerThread, tiktok: TikTokStandIn
+) -> None:
+    with connect(limited) as sock:
+        sock.sendall(token_request(tiktok))
+        sock.shutdown(socket.SHUT_WR)
+        ((code, headers, body),) = split_answers(read_to_end(sock))
+    assert code == 200 and body["access_token"].startswith("act.")
 
 
 # ------------------------------------------------------------------------------- as users start it
@@ -434,11 +527,55 @@ def test_the_limits_hold_however_the_proxy_is_started(
     assert "event=refused reason=head status=431" in output
     assert "event=refused reason=deadline status=408" in output
     assert (
-        "event=serving_limits request_timeout=1.0 keep_alive_timeout=75 max_connections=426 open_file_limit=1024"
+        "event=serving_limits request_timeout=1.0 keep_alive_timeout=75 max_connections=320 open_file_limit=1024 backlog=240"
         in output
     )
     assert "is not well below this process's open-file limit" not in output
     assert "Traceback" not in output and MARKER not in output
+
+
+def flood(port: int, seconds: float, flooders: int) -> dict[str, Any]:
+    """tests/tools/flood.py, in a process of its own: its load would starve the stand-ins living in this one."""
+    command = [sys.executable, str(REPO / "tests" / "tools" / "flood.py"), str(port), str(seconds), str(flooders)]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout)  # type: ignore[no-any-return]
+
+
+def test_a_flood_under_a_low_open_file_limit_never_exhausts_it(
+    stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path
+) -> None:
+    """ulimit -n 256: the connections waiting to be accepted, those served, their connections to TikTok and the
+    refused ones that linger stay within the limit, so no EMFILE: every connection gets its answer, a 503 or a
+    prompt close, every exchange the proxy takes on reaches TikTok, and the proxy keeps accepting. (Past the
+    limit, uvloop stops accepting for good: the listening socket fills and is never read again.) Connections the
+    kernel holds back while the accept queue is full are retried by the client's TCP, as with any server."""
+    tiktok, tiktok_server = stand_in_server
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", "TIKTOK_TOKEN_URL": tiktok_server.url + TOKEN_PATH}
+    log = tmp_path / "proxy.log"  # a file, not a pipe: a pipe nobody reads while the flood runs would block the proxy
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["sh", "-c", 'ulimit -n 256 && exec "$0" "$@"', sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)
+        during = flood(port, seconds=3, flooders=300)
+        after = flood(port, seconds=0.5, flooders=0)["clients"]  # the flood is over: service is back
+    finally:
+        process.terminate()
+        process.wait(30)
+    output = log.read_text()
+    flooded, clients = during["flooded"], during["clients"]
+    assert set(flooded) | set(clients) <= {"200", "503", "closed", "ConnectionResetError", "held back"}, during
+    answered = flooded.get("200", 0) + clients.get("200", 0)
+    held_back = flooded.get("held back", 0) + clients.get("held back", 0)
+    assert answered > 1000 and held_back < (sum(flooded.values()) + sum(clients.values())) / 20, during
+    assert set(after) == {"200"}, after
+    served = [line for line in output.splitlines() if "event=token " in line]
+    assert answered + after["200"] <= len(served)  # a 200 the client got is one the log has
+    assert all("outcome=ok" in line for line in served), [line for line in served if "outcome=ok" not in line][:3]
+    for trouble in ("EMFILE", "Too many open files", "out of system resource", "Traceback", "ERROR"):
+        assert trouble not in output, output[-3000:]
 
 
 def test_a_max_connections_too_close_to_the_open_file_limit_is_named(tmp_path: Path) -> None:
@@ -448,9 +585,18 @@ def test_a_max_connections_too_close_to_the_open_file_limit_is_named(tmp_path: P
     assert "MAX_CONNECTIONS=1000 is not well below this process's open-file limit (1024)" in result.stderr
 
 
-@pytest.mark.parametrize(("open_files", "expected"), [(1024, 426), (4096, 1000), (20000, 1000), (100, 16), (10, 1)])
-def test_max_connections_follows_the_open_file_limit(open_files: int, expected: int) -> None:
-    assert automatic_max_connections(open_files) == expected
+@pytest.mark.parametrize(
+    ("limit", "backlog", "max_connections", "lingering"),
+    [(1024, 240, 320, 80), (4096, 1008, 1000, 1000), (20000, 2048, 1000, 1000), (256, 48, 64, 16), (100, 16, 8, 4)],
+)
+def test_the_open_files_are_shared_within_the_limit(
+    limit: int, backlog: int, max_connections: int, lingering: int
+) -> None:
+    files = OpenFiles.share(limit)
+    assert (files.backlog, files.max_connections, files.lingering) == (backlog, max_connections, lingering)
+    assert serving.SPARE_FILES + files.backlog + 2 * files.max_connections + files.lingering <= limit
+    assert not files.too_tight
+    assert OpenFiles.share(1024, max_connections=1000).too_tight  # set by hand too close: named at startup
 
 
 def test_the_attack_script_finds_the_proxy_serving_through_an_attack() -> None:

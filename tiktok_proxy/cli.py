@@ -12,7 +12,7 @@ import sys
 
 import uvicorn
 
-from . import metrics
+from . import metrics, serving
 from .config import ConfigError, settings_or_exit
 from .logs import logging_config, redact
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(host: str | None, port: int | None) -> None:
     settings = settings_or_exit()
+    serving.raise_open_file_limit()
     if settings.metrics_token and settings.workers > 1:
         # Now, before uvicorn starts the workers: each reads the variable when it first imports prometheus_client.
         metrics.share_between_workers()
@@ -63,10 +64,13 @@ def serve(host: str | None, port: int | None) -> None:
         log_config=logging_config(settings.log_level, settings.log_format),
         timeout_keep_alive=settings.keep_alive_timeout,  # serving.py applies it too, under any start
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
-        # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
-        timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,
+        # On SIGTERM: stop accepting, let the requests under way finish. One still arriving has up to REQUEST_TIMEOUT
+        # to come in whole, then its exchange with TikTok up to TIKTOK_TIMEOUT.
+        timeout_graceful_shutdown=math.ceil(settings.request_timeout + settings.timeout) + 1,
         # REQUEST_TIMEOUT, MAX_CONNECTIONS and the head cap, in each worker (README: Serving limits).
         http="tiktok_proxy.serving:LimitedHttpToolsProtocol",
+        # A flood takes this many open files at once, before any refusal: serving.OpenFiles keeps it in budget.
+        backlog=serving.open_files(settings).backlog,
         server_header=False,
         proxy_headers=False,
     )

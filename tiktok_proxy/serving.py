@@ -44,7 +44,7 @@ class Limits:
     keep_alive_timeout: int
     max_lingering: int  # refused connections being read before their close, at most
     lingering: int = 0
-    # Connections waiting for a request (new, or kept alive between requests), the longest idle first.
+    # Kept-alive connections waiting for their next request, the longest idle first.
     idle: dict[LimitedProtocol, None] = field(default_factory=dict)
     refused: int = 0
     warned_at: float = -math.inf
@@ -103,7 +103,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keep_alive_timeout
         self.deadline: asyncio.TimerHandle | None = None
         self.in_head = True  # the next bytes received belong to a request head
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes received of the current head, counted before the parser sees them
+        self.head_size = 0  # the parsed head's size, exact even when a pipelined head shares a read with its elder
         self.keep_alive_once_read = False  # what the request asked for, granted once its whole body is in
         self.close_when_answered = False  # shutting down, or the client half-closed: end after the answers due
         self.held: bytes | None = None  # a refusal waiting for the answers before it
@@ -125,8 +126,9 @@ class LimitedProtocol(HttpToolsProtocol):
             self.limits.count_refusal(self.loop)
             self._linger()  # the client's request may be in flight: read it, or the close would reset the 503
             return
+        # Not idle yet: only a kept-alive connection, which has had its answer, gives up its place. A new one may
+        # have its first request on the way, and the deadline cuts one that sends nothing.
         self._arm_deadline()
-        self.limits.idle[self] = None  # waiting for its first request
 
     def shutdown(self) -> None:
         self.limits.flush()  # the server is stopping: the refusals not yet in a warning go in one now
@@ -178,8 +180,23 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.head_size = 0
         if self.deadline is None and self._can_answer():
             self._arm_deadline()  # a request that began in the same read as the previous one ended
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        # The raw count in data_received cannot see where a pipelined head begins inside a read; this one can.
+        self.head_size += size
+        if self.head_size > MAX_HEAD_BYTES:
+            raise HeadTooLarge  # stops the parser; uvicorn calls send_400_response, which answers 431
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -216,6 +233,9 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP/1.1 (text/plain there): an OAuth error in JSON here."""
+        if self.head_size > MAX_HEAD_BYTES:
+            self._refuse_head()
+            return
         log_event(logging.WARNING, event="refused", reason="malformed", status=400)
         metrics.refused("malformed")
         self._refuse(400, "invalid_request", "the request is not valid HTTP/1.1")
@@ -295,7 +315,7 @@ class LimitedProtocol(HttpToolsProtocol):
         the kernel reset the connection, and a client still sending its request often never reads the answer.
 
         Refused connections linger outside MAX_CONNECTIONS, so their number is capped too (`max_lingering`): past
-        it they close at once, and the open files stay within the budget that MAX_CONNECTIONS was derived from."""
+        it they close at once, and the open files stay below the limit (`lingering_budget`)."""
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
@@ -312,6 +332,10 @@ class LimitedProtocol(HttpToolsProtocol):
         self.raw.write_eof()  # sent once the answer is out
         self.raw.resume_reading()
         self.lingering = self.loop.call_later(LINGER_SECONDS, self.raw.close)
+
+
+class HeadTooLarge(Exception):
+    pass
 
 
 class _ClosesThrough:
@@ -338,51 +362,79 @@ def _readable(transport: asyncio.Transport) -> bool:
 
 
 DEFAULT_MAX_CONNECTIONS = 1000
-SPARE_FILES = 64  # the listening socket, logs, the metrics files, connections accepted but not yet refused
+DEFAULT_BACKLOG = 2048  # uvicorn's
+MAX_LINGERING = 1000  # refused connections read before their close, at most, however high the open-file limit
+SPARE_FILES = 64  # the listening socket, the event loop's, logs, the metrics files
 
 
-def max_lingering(max_connections: int) -> int:
-    return max(1, max_connections // 4)
+@dataclass(frozen=True)
+class OpenFiles:
+    """How a worker shares its open-file limit, so that it never reaches it. Past it, accepted exchanges can no
+    longer connect to TikTok, and uvloop stops accepting altogether: the listening socket fills and is never
+    read again (seen under a flood at `ulimit -n 256`).
+
+    - backlog: connections waiting to be accepted. The event loop accepts every one waiting before the protocol
+      can refuse (and close) any, so a flood takes this many files at once. Past it, the kernel holds new
+      connections back until there is room.
+    - max_connections: each connection served can hold a second one, to TikTok.
+    - lingering: refused connections still being read before their close.
+    """
+
+    limit: float
+    backlog: int
+    max_connections: int
+    lingering: int
+
+    @classmethod
+    def share(cls, limit: float, max_connections: int = 0) -> OpenFiles:
+        """max_connections 0: 1000, or fewer where the limit is low (1024 on many laptops), leaving a quarter as
+        many again for lingering."""
+        usable = limit - SPARE_FILES
+        backlog = int(min(DEFAULT_BACKLOG, max(16, usable // 4)))
+        if not max_connections:
+            max_connections = int(max(1, min(DEFAULT_MAX_CONNECTIONS, (usable - backlog) * 4 // 9)))
+        lingering = int(max(0, min(MAX_LINGERING, usable - backlog - 2 * max_connections)))
+        return cls(limit, backlog, max_connections, lingering)
+
+    @property
+    def too_tight(self) -> bool:
+        return self.lingering < self.max_connections // 4
 
 
-def open_files_needed(max_connections: int) -> int:
-    """The open files MAX_CONNECTIONS can take: each connection served can hold a second one, to TikTok; refused
-    connections still lingering; and the spare files."""
-    return 2 * max_connections + max_lingering(max_connections) + SPARE_FILES
+def open_files(settings: Settings) -> OpenFiles:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return OpenFiles.share(math.inf if soft == resource.RLIM_INFINITY else soft, settings.max_connections)
 
 
-def automatic_max_connections(open_file_limit: int) -> int:
-    """MAX_CONNECTIONS unset: 1000, or fewer where the open-file limit is low (1024 on many laptops), so that
-    the proxy never reaches it: past the open-file limit, accepting fails with no answer at all, and accepted
-    exchanges can no longer connect to TikTok."""
-    fits = (open_file_limit - SPARE_FILES) * 4 // 9  # the largest n with open_files_needed(n) <= the limit
-    return max(1, min(DEFAULT_MAX_CONNECTIONS, fits))
+def raise_open_file_limit() -> None:
+    """The soft open-file limit up to the hard one, as Go programs do by themselves: many systems start processes
+    at 1024 however high the hard limit is. Called by `python proxy.py` before uvicorn starts; workers inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # some systems cap it below the hard limit (macOS): the budget then follows the soft one
 
 
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:
     """The protocol class for these settings, with its own count of refusals; logs the limits once."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    unlimited = soft == resource.RLIM_INFINITY
-    max_connections = settings.max_connections or (
-        DEFAULT_MAX_CONNECTIONS if unlimited else automatic_max_connections(soft)
-    )
+    files = open_files(settings)
     # Under `uvicorn proxy:app`, nothing handles the proxy's logger until the app starts: say it through uvicorn's.
     out = log if log.hasHandlers() else logging.getLogger("uvicorn.error")
     log_event(logging.INFO, out, event="serving_limits", request_timeout=settings.request_timeout,
-              keep_alive_timeout=settings.keep_alive_timeout, max_connections=max_connections,
-              open_file_limit="unlimited" if unlimited else soft, max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
-    if not unlimited and open_files_needed(max_connections) > soft:
+              keep_alive_timeout=settings.keep_alive_timeout, max_connections=files.max_connections,
+              open_file_limit="unlimited" if files.limit == math.inf else files.limit, backlog=files.backlog,
+              max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
+    if files.too_tight:
         out.warning(
-            f"MAX_CONNECTIONS={max_connections} is not well below this process's open-file limit ({soft}): "
-            f"each connection can hold a second one to TikTok, and refused ones linger, {open_files_needed(max_connections)} "
-            "in all, so the limit can be hit first and connections then fail without an answer; raise the limit "
-            "(ulimit -n) or lower MAX_CONNECTIONS"
+            f"MAX_CONNECTIONS={files.max_connections} is not well below this process's open-file limit "
+            f"({files.limit:g}): each connection can hold a second one to TikTok, so the limit can be hit first and "
+            "connections then fail without an answer; raise the limit (ulimit -n) or lower MAX_CONNECTIONS"
         )
 
     class LimitedHttpToolsProtocol(LimitedProtocol):
-        limits = Limits(
-            settings.request_timeout, max_connections, settings.keep_alive_timeout, max_lingering(max_connections)
-        )
+        limits = Limits(settings.request_timeout, files.max_connections, settings.keep_alive_timeout, files.lingering)
 
     return LimitedHttpToolsProtocol
 
