@@ -1,9 +1,11 @@
-"""TikTok misbehaving at the socket level, with the proxy under uvicorn: every fault ends in a clear 502 or 504."""
+"""TikTok misbehaving at the socket level, with the proxy under uvicorn: every fault ends in a clear 502 or 504,
+or in the answer HTTP says it is; never in a traceback, and the connection that misbehaved is never reused."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,11 +29,13 @@ from stand_ins.faulty_upstream import (
     answer,
     answer_then_hang_up,
     drip,
+    endless,
     garbage,
     headers_then_silence,
     huge,
     interim_then,
     never_answer,
+    raw,
     reset_mid_body,
     slowly,
 )
@@ -257,3 +261,288 @@ def test_a_kept_alive_connection_closed_without_any_answer_is_resent_once_on_a_n
     body = assert_oauth_error(third, 502, "server_error")
     assert "closed before a complete answer" in body["error_description"]
     assert (fresh.requests, fresh.connections) == (4, 2)  # part of an answer had arrived: never resent
+
+
+# ------------------------------------------------------------- TikTok's answer, read like a client's request
+
+LOG_ID = "202206221854370101130062072500FFA2"  # TikTok's shape: a timestamp, then upper-case hex
+HEAD_CAP = 64 * 1024
+WIRE_CAP = HEAD_CAP + 1024 * 1024  # the whole answer, chunk framing and trailers included
+INVALID_GRANT = json.dumps({"error": "invalid_grant", "error_description": "Authorization code is expired."}).encode()
+
+
+def http(status: str, body: bytes, headers: bytes = b"") -> bytes:
+    """One complete answer, framed by Content-Length."""
+    return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\n\r\n%s" % (status.encode(), headers, len(body), body)
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(pieces)
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert [record for record in caplog.records if record.exc_info or record.name.startswith("asyncio")] == []
+    assert "Traceback" not in caplog.text
+
+
+def assert_next_exchange_on_a_new_connection(client: httpx.Client, upstream: FaultyUpstream) -> None:
+    """The connection that misbehaved was dropped, not given back to the pool: the next exchange opens another."""
+    connections = upstream.connections
+    upstream.behaviour = answer(200, TOKEN)
+    response = client.post("/proxy/token", data=GRANT)
+    assert response.status_code == 200, response.text
+    assert upstream.connections == connections + 1
+
+
+def test_a_head_that_never_ends_is_cut_at_64_kib_while_the_worker_keeps_answering(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httptools joins the pieces of a header by concatenation, at a cost that grows with the square of its
+    size: without the cap, megabytes of head stall the worker, and every other exchange with it."""
+    hostile = [
+        endless(b"HTTP/1.1 200 OK\r\nX-Padding: ", b"a" * 1024),  # one header that never ends
+        endless(b"HTTP/1.1 200 OK\r\n", b"X-Padding: a\r\n" * 64),  # headers that never end
+    ]
+    with ThreadPoolExecutor(2) as pool, httpx.Client(base_url=str(faulty_proxy.base_url), timeout=10) as own:
+        for behaviour in hostile:
+            fresh.behaviour = behaviour
+            with timer() as elapsed:
+                exchanges = [pool.submit(faulty_proxy.post, "/proxy/token", data=GRANT) for _ in range(4)]
+                slowest_health_check = 0.0
+                while not all(exchange.done() for exchange in exchanges):
+                    with timer() as health_check:
+                        assert own.get("/healthz").status_code == 200
+                    slowest_health_check = max(slowest_health_check, health_check())
+            for exchange in exchanges:
+                body = assert_oauth_error(exchange.result(), 502, "server_error")
+                assert f"head is over {HEAD_CAP} bytes" in body["error_description"]
+            assert elapsed() < PROXY_TIMEOUT  # cut at the cap, long before the deadline
+            assert slowest_health_check < 0.5
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize(("size", "status"), [(HEAD_CAP, 200), (HEAD_CAP + 1, 502)])
+def test_the_head_cap_counts_the_status_line_and_every_header(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, size: int, status: int
+) -> None:
+    start = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Padding: " % len(TOKEN)
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == size
+    fresh.behaviour = raw(head + TOKEN)
+    response = faulty_proxy.post("/proxy/token", data=GRANT)
+    assert response.status_code == status, response.text
+
+
+STRAY_AFTER_AN_ANSWER = {
+    "error-then-token": (http("400 Bad Request", INVALID_GRANT), http("200 OK", TOKEN), 400, "invalid_grant"),
+    "token-then-error": (http("200 OK", TOKEN), http("400 Bad Request", INVALID_GRANT), 200, None),
+    "token-then-a-fragment": (http("200 OK", TOKEN), b"HTTP/1.1 4", 200, None),
+    "204-then-token": (b"HTTP/1.1 204 No Content\r\n\r\n", http("200 OK", TOKEN), 502, "server_error"),
+}
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.1], ids=["same-read", "later-read"])
+@pytest.mark.parametrize("case", list(STRAY_AFTER_AN_ANSWER))
+def test_bytes_after_a_complete_answer_never_change_it_and_the_connection_is_dropped(
+    pool_of_its_own: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, case: str, pause: float
+) -> None:
+    first, stray, status, error = STRAY_AFTER_AN_ANSWER[case]
+    fresh.behaviour = raw(first, stray, pause=pause)
+    response = pool_of_its_own.post("/proxy/token", data=GRANT)
+    if error is None:
+        assert response.status_code == status, response.text
+        assert response.json()["access_token"] == "act.fault"
+    else:
+        assert_oauth_error(response, status, error)
+    time.sleep(pause * 3)  # the stray bytes have reached the proxy
+    assert_next_exchange_on_a_new_connection(pool_of_its_own, fresh)
+    assert fresh.requests == 2
+    assert_no_traceback(caplog)
+
+
+HOSTILE_ANSWERS = {
+    # Upgrades and interim answers
+    "101": (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+            "switches protocols (HTTP 101)"),
+    "101-bare": (b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + http("200 OK", TOKEN), "switches protocols"),
+    "100-then-101": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                     b"Connection: Upgrade\r\n\r\n", "switches protocols"),
+    "eleven-interim": (b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + http("200 OK", TOKEN), "over 10 interim"),
+    "interim-then-close": (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", "closed before a complete answer"),
+    # Framing that two readers could read two ways
+    "conflicting-content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: %d\r\n\r\n%s"
+                                   % (len(TOKEN), TOKEN), "not valid HTTP"),
+    "repeated-content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(TOKEN), len(TOKEN), TOKEN), "not valid HTTP"),
+    "content-length-list": (b"HTTP/1.1 200 OK\r\nContent-Length: %d, %d\r\n\r\n%s" % (len(TOKEN), len(TOKEN), TOKEN),
+                            "not valid HTTP"),
+    "transfer-encoding-and-content-length": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(TOKEN), TOKEN), "not valid HTTP"),
+    "non-ascii-content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nab", "not valid HTTP"),
+    # Bytes a header must not hold
+    "nul-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\x00FF\r\n" + http("200 OK", TOKEN)[17:],
+                        "not valid HTTP"),
+    "cr-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\rInjected: yes\r\n" + http("200 OK", TOKEN)[17:],
+                       "not valid HTTP"),
+    "obs-fold": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\r\n  0622\r\n" + http("200 OK", TOKEN)[17:], "not valid HTTP"),
+    "header-without-a-name": (b"HTTP/1.1 200 OK\r\n: x\r\n" + http("200 OK", TOKEN)[17:], "not valid HTTP"),
+    # Chunks
+    "chunk-size-overflow": (chunked(b"fffffffffffffffffff\r\n"), "not valid HTTP"),
+    "chunk-size-not-hex": (chunked(b"zz\r\nab\r\n0\r\n\r\n"), "not valid HTTP"),
+    # Status lines that are not HTTP/1.x
+    "http-2.0": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"HTTP/2.0"), "not HTTP/1.0 or 1.1"),
+    "http-0.9": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"HTTP/0.9"), "not HTTP/1.0 or 1.1"),
+    "http-1.2": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"HTTP/1.2"), "not valid HTTP"),
+    "rtsp": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"RTSP/1.0"), "not HTTP/1.0 or 1.1"),
+    "ice": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"ICE/1.0"), "not HTTP/1.0 or 1.1"),
+    "icy": (http("200 OK", TOKEN).replace(b"HTTP/1.1", b"ICY"), "not valid HTTP"),
+    "status-099": (http("099 Odd", TOKEN), "status 99 is not an HTTP status"),
+    "status-999": (http("999 Odd", TOKEN), "status 999 is not an HTTP status"),
+    "status-1000": (http("1000 Odd", TOKEN), "not valid HTTP"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_ANSWERS))
+def test_each_hostile_answer_is_a_clean_502_and_its_connection_is_dropped(
+    pool_of_its_own: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    answer_bytes, fragment = HOSTILE_ANSWERS[case]
+    fresh.behaviour = raw(answer_bytes, close=case == "interim-then-close")
+    with timer() as elapsed:
+        body = assert_oauth_error(pool_of_its_own.post("/proxy/token", data=GRANT), 502, "server_error")
+    assert fragment in body["error_description"], body
+    assert elapsed() < PROXY_TIMEOUT  # refused as it arrived, not at the deadline
+    assert_next_exchange_on_a_new_connection(pool_of_its_own, fresh)
+    assert fresh.requests == 2  # never resent
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        endless(chunked(), b"0" * 1024),  # a chunk-size line that never ends
+        endless(chunked(b"1;"), b"a" * 1024),  # a chunk extension that never ends
+        endless(chunked(b"2\r\nab\r\n0\r\nX-Trailer: "), b"a" * 1024),  # a trailer that never ends
+    ],
+    ids=["chunk-size-line", "chunk-extension", "trailer"],
+)
+def test_framing_that_never_ends_is_cut_at_the_answer_cap(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, behaviour: object
+) -> None:
+    fresh.behaviour = behaviour  # type: ignore[assignment]
+    with timer() as elapsed:
+        body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 502, "server_error")
+    assert f"over {WIRE_CAP} bytes" in body["error_description"]
+    assert elapsed() < PROXY_TIMEOUT
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize(
+    "answer_bytes",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n"
+        + http("200 OK", TOKEN),
+        http("200 OK", TOKEN, b"Upgrade: h2c\r\nConnection: Upgrade\r\n"),  # RFC 9110 §7.8: an advertisement
+        chunked(b"%x\r\n%s\r\n0\r\nRetry-After: 5\r\nX-Tt-Logid: %s\r\n\r\n" % (len(TOKEN), TOKEN, LOG_ID.encode())),
+        http("200 OK", TOKEN).replace(b"Content-Length: ", b"Content-Length: 000"),
+    ],
+    ids=["100-102-103-then-200", "200-advertising-an-upgrade", "trailers", "content-length-leading-zeros"],
+)
+def test_answers_that_http_allows_are_read(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, answer_bytes: bytes
+) -> None:
+    fresh.behaviour = raw(answer_bytes)
+    response = faulty_proxy.post("/proxy/token", data=GRANT)
+    assert response.status_code == 200, response.text
+    assert response.json()["access_token"] == "act.fault"
+
+
+def test_interim_answers_alone_end_at_the_deadline(faulty_proxy: httpx.Client, fresh: FaultyUpstream) -> None:
+    async def interim_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    fresh.behaviour = interim_then_silence
+    with timer() as elapsed:
+        body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 504, "temporarily_unavailable")
+    assert "did not answer within" in body["error_description"]
+    assert PROXY_TIMEOUT - 0.1 < elapsed() < PROXY_TIMEOUT + 1.0
+
+
+@pytest.mark.parametrize(
+    "retry_after", [b"\xb2", b"3\xb9", b"\xd9\xa3", b"1234567", b"5, 7", b"Wed, 21 Oct 2026 07:28:00 GMT"]
+)
+def test_a_retry_after_that_is_not_ascii_seconds_is_not_passed_on(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, retry_after: bytes
+) -> None:
+    fresh.behaviour = raw(http("429 Too Many Requests", b"", b"Retry-After: %s\r\n" % retry_after))
+    response = faulty_proxy.post("/proxy/token", data=GRANT)
+    body = assert_oauth_error(response, 429, "temporarily_unavailable")
+    assert "retry-after" not in response.headers
+    assert body["error_description"] == "TikTok is rate-limiting token requests; retry later"
+
+
+def test_repeated_retry_after_headers_are_not_passed_on(faulty_proxy: httpx.Client, fresh: FaultyUpstream) -> None:
+    fresh.behaviour = raw(http("429 Too Many Requests", b"", b"Retry-After: 5\r\nRetry-After: 50000\r\n"))
+    response = faulty_proxy.post("/proxy/token", data=GRANT)
+    assert_oauth_error(response, 429, "temporarily_unavailable")
+    assert "retry-after" not in response.headers
+
+
+MALFORMED_LOG_IDS = {
+    "4KB": b"2022062218543701011300620725" + b"F" * 4096,
+    "lower-case": LOG_ID.lower().encode(),
+    "forged-fields": b"1 outcome=ok status=200",
+    "latin-1": b"20220622185437\xb2\xb3FFA2",
+}
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+@pytest.mark.parametrize("case", list(MALFORMED_LOG_IDS))
+def test_a_log_id_without_tiktoks_shape_is_neither_answered_nor_logged(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, where: str, case: str
+) -> None:
+    caplog.set_level(logging.INFO, "tiktok_proxy")
+    log_id = MALFORMED_LOG_IDS[case]
+    error = {"error": "invalid_grant", "error_description": "Authorization code is expired."}
+    if where == "header":
+        fresh.behaviour = raw(http("400 Bad Request", json.dumps(error).encode(), b"X-Tt-Logid: %s\r\n" % log_id))
+    else:
+        body_bytes = json.dumps({**error, "log_id": log_id.decode("latin-1")}).encode()
+        fresh.behaviour = raw(http("400 Bad Request", body_bytes))
+    body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 400, "invalid_grant")
+    assert "log_id" not in body
+    lines = [record.getMessage() for record in caplog.records if "event=token" in record.getMessage()]
+    assert len(lines) == 1 and "log_id=- " in lines[0], lines
+    assert log_id.decode("latin-1")[:24] not in caplog.text
+
+
+def test_a_malformed_log_id_header_on_a_success_is_not_logged(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "tiktok_proxy")
+    fresh.behaviour = raw(http("200 OK", TOKEN, b"X-Tt-Logid: " + MALFORMED_LOG_IDS["4KB"] + b"\r\n"))
+    assert faulty_proxy.post("/proxy/token", data=GRANT).status_code == 200
+    lines = [record.getMessage() for record in caplog.records if "event=token" in record.getMessage()]
+    assert len(lines) == 1 and "log_id=- " in lines[0], lines
+    assert "FFFFFFFFFFFFFFFF" not in caplog.text
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_a_log_id_with_tiktoks_shape_is_answered_and_logged(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    caplog.set_level(logging.INFO, "tiktok_proxy")
+    error = {"error": "invalid_grant", "error_description": "Authorization code is expired."}
+    if where == "header":
+        fresh.behaviour = raw(
+            http("400 Bad Request", json.dumps(error).encode(), b"X-Tt-Logid: %s\r\n" % LOG_ID.encode())
+        )
+    else:
+        fresh.behaviour = raw(http("400 Bad Request", json.dumps({**error, "log_id": LOG_ID}).encode()))
+    body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 400, "invalid_grant")
+    assert body["log_id"] == LOG_ID
+    lines = [record.getMessage() for record in caplog.records if "event=token" in record.getMessage()]
+    assert len(lines) == 1 and f"log_id={LOG_ID} " in lines[0], lines

@@ -116,6 +116,7 @@ class _Connection(asyncio.Protocol):
         # Forget the previous answer now: if the connection drops before a byte of this one arrives, its state
         # must not be mistaken for this answer (a bodiless 204 would look complete).
         self.seen = 0  # bytes of this answer so far, interim answers included
+        self.start = b""  # its first bytes: llhttp also takes RTSP/ and ICE/ where HTTP/ belongs
         self.limit = self.max_head  # on `seen`: the head's cap until the final head is complete, then the answer's
         self.interim = 0
         self.error: UpstreamError | None = None  # why a callback stopped the parser
@@ -154,6 +155,8 @@ class _Connection(asyncio.Protocol):
         if self.answer is None or self.answer.done():
             self.drop()  # bytes nobody asked for: this connection can no longer be trusted
             return
+        if self.seen < 5:
+            self.start += data[: 5 - self.seen]
         room = self.limit - self.seen
         if len(data) <= room:  # the usual case: all of it within the cap, fed as it is
             self.seen += len(data)
@@ -219,8 +222,8 @@ class _Connection(asyncio.Protocol):
         self.status = status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            self._refuse(UpstreamError(f"the answer is HTTP/{version}, not HTTP/1.1"))
+        if version not in ("1.1", "1.0") or (not self.interim and self.start != b"HTTP/"):
+            self._refuse(UpstreamError("the answer's status line is not HTTP/1.0 or 1.1"))
         if not 100 <= status <= 599:
             self._refuse(UpstreamError(f"the answer's status {status} is not an HTTP status"))
         if status == 101:
