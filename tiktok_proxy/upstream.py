@@ -39,6 +39,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
@@ -272,13 +273,14 @@ class UpstreamClient:
     """POSTs over pooled keep-alive connections, one pool per origin. Create and close it in the app's lifespan.
 
     proxy: an http://[user:password@]host:port forward proxy for https origins; no_proxy: the hosts that bypass
-    it; ca_file: a PEM bundle in place of certifi's.
+    it; ca_file: a PEM bundle in place of certifi's. max_body caps an answer's body, max_head its head.
     """
 
     def __init__(
         self,
         *,
         max_body: int,
+        max_head: int = MAX_HEAD,
         keepalive_expiry: float = 5.0,
         max_idle: int = 128,
         proxy: str = "",
@@ -286,6 +288,7 @@ class UpstreamClient:
         ca_file: str = "",
     ) -> None:
         self.max_body = max_body
+        self.max_head = max_head
         self.keepalive_expiry = keepalive_expiry  # below common server idle timeouts, so we close first
         self.max_idle = max_idle
         self.tls = ssl.create_default_context(cafile=ca_file or certifi.where())
@@ -365,18 +368,17 @@ class UpstreamClient:
         # As in curl, HTTPS_PROXY is for https origins; a plain-http one is only ever a stand-in on this machine.
         proxy = self.proxy if tls and self.proxy and self.proxy.used_for(host, port) else None
         loop = asyncio.get_running_loop()
+        protocol = partial(_Connection, self.max_body, self.max_head)
         for attempt in (1, 2):  # nothing was sent yet, so one retry is safe
             try:
                 if proxy is None:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self.max_body), host, port, ssl=tls, server_hostname=host if tls else None
+                        protocol, host, port, ssl=tls, server_hostname=host if tls else None
                     )
                 else:
                     sock = await proxy.tunnel(host, port)
                     # TLS end to end, inside the tunnel. The loop now owns the socket, and closes it on failure.
-                    _, connection = await loop.create_connection(
-                        lambda: _Connection(self.max_body), sock=sock, ssl=tls, server_hostname=host
-                    )
+                    _, connection = await loop.create_connection(protocol, sock=sock, ssl=tls, server_hostname=host)
                 log.debug(
                     "upstream_connect host=%s port=%d attempt=%d via=%s",
                     host, port, attempt, proxy.origin if proxy else "-",
