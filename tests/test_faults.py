@@ -546,3 +546,33 @@ def test_a_log_id_with_tiktoks_shape_is_answered_and_logged(
     assert body["log_id"] == LOG_ID
     lines = [record.getMessage() for record in caplog.records if "event=token" in record.getMessage()]
     assert len(lines) == 1 and f"log_id={LOG_ID} " in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (rb'{"access_token": "act.\ud800", "token_type": "Bearer"}', "not JSON"),
+        (rb'{"access_token": "act.x", "open_id": "\udfff"}', "not JSON"),
+        (rb'{"error": "invalid_grant", "error_description": "lone \udc00 surrogate"}', "not JSON"),
+        (rb'{"access_token": "act.x\u0000", "token_type": "Bearer"}', "access_token that is not printable ASCII"),
+        (rb'{"access_token": "act.x", "refresh_token": "rft.\r\nX-Injected: 1"}', "refresh_token that is not printable"),
+        (rb'{"access_token": "act.\u00e9"}', "access_token that is not printable ASCII"),
+        (b'{"access_token": "act.x", "expires_in": 1%s}' % (b"0" * 40), "expires_in that is not a whole number"),
+    ],
+    ids=["lone-surrogate-token", "lone-surrogate-open_id", "lone-surrogate-description", "nul-in-token",
+         "crlf-in-refresh-token", "non-ascii-token", "expires_in-10e40"],
+)  # fmt: skip
+def test_json_that_cannot_be_passed_on_is_a_clean_502(
+    faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, body: bytes, fragment: str
+) -> None:
+    fresh.behaviour = raw(http("200 OK", body))
+    response = faulty_proxy.post("/proxy/token", data=GRANT)
+    assert fragment in assert_oauth_error(response, 502, "server_error")["error_description"]
+    assert_no_traceback(caplog)
+
+
+def test_surrogate_pairs_are_text_like_any_other(faulty_proxy: httpx.Client, fresh: FaultyUpstream) -> None:
+    error = rb'{"error": "invalid_grant", "error_description": "expired \ud83d\ude00"}'
+    fresh.behaviour = raw(http("200 OK", error))
+    body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 400, "invalid_grant")
+    assert body["error_description"] == "expired \N{GRINNING FACE}"

@@ -149,6 +149,9 @@ ERROR_CODE_SHAPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5
 LOG_ID_SHAPE = re.compile(r"[0-9]{14}[0-9A-F]{8,64}")
 RETRY_AFTER_SHAPE = re.compile(r"[0-9]{1,6}")  # delay-seconds (RFC 9110 §10.2.3), ASCII digits: under 12 days
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # JSON's escape for a UTF-16 surrogate, \uD800-\uDFFF
+TOKEN_SHAPE = re.compile(r"[\x20-\x7e]+")  # RFC 6749 A.12, A.17: access and refresh tokens are 1*VSCHAR
+MAX_SECONDS = 2**31 - 1  # a lifetime beyond 68 years is a broken answer, and past what some clients parse
 
 
 def normalize_token_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
@@ -213,9 +216,14 @@ def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
 
 def _json_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        document = json.loads(body)
+        if SURROGATE_ESCAPE.search(body):
+            # A lone surrogate (I-JSON, RFC 7493 §2.1, forbids them) makes a string no answer can be encoded
+            # with: treat the document as the invalid JSON it is. Pairs, as in emoji, encode fine.
+            json.dumps(document, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return None
+    return document
 
 
 def _payload_parts(document: Any) -> list[dict[str, Any]]:
@@ -280,7 +288,7 @@ def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
         value = part.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SECONDS:
             raise unusable(f"a {name} that is not a whole number of seconds")
         payload[name] = value
     for name in ("refresh_token", "open_id", "scope"):
@@ -290,6 +298,9 @@ def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, str):
             raise unusable(f"a {name} that is not a string")
         payload[name] = value
+    for name in ("access_token", "refresh_token"):  # they go into Authorization headers and forms
+        if name in payload and not TOKEN_SHAPE.fullmatch(payload[name]):
+            raise unusable(f"an {name} that is not printable ASCII")
     if "scope" in payload:  # quirk Q2: TikTok joins scopes with commas; RFC 6749 §3.3 with spaces
         payload["scope"] = " ".join(split_scopes(payload["scope"]))
     return payload
