@@ -576,3 +576,13 @@ def test_surrogate_pairs_are_text_like_any_other(faulty_proxy: httpx.Client, fre
     fresh.behaviour = raw(http("200 OK", error))
     body = assert_oauth_error(faulty_proxy.post("/proxy/token", data=GRANT), 400, "invalid_grant")
     assert body["error_description"] == "expired \N{GRINNING FACE}"
+
+
+def test_a_keep_alive_timeout_of_thousands_of_digits_is_ignored(
+    pool_of_its_own: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """int() refuses a string of over 4,300 digits: read naively, this header turned a token into a 500."""
+    fresh.behaviour = raw(http("200 OK", TOKEN, b"Keep-Alive: timeout=%s\r\n" % (b"9" * 5000)))
+    response = pool_of_its_own.post("/proxy/token", data=GRANT)
+    assert response.status_code == 200, response.text
+    assert_no_traceback(caplog)

@@ -399,7 +399,7 @@ def keep_alive_timeout(value: str) -> int | None:
     for param in value.split(","):
         name, _, number = param.partition("=")
         number = number.strip().strip('"')
-        if name.strip().lower() == "timeout" and number.isascii() and number.isdigit():
+        if name.strip().lower() == "timeout" and re.fullmatch(r"[0-9]{1,9}", number):  # int() refuses 4,301 digits
             return int(number)
     return None
 
