@@ -335,7 +335,7 @@ def test_a_head_that_never_ends_is_cut_at_64_kib_while_the_worker_keeps_answerin
         assert status == 502
         assert f"head is over {HEAD_CAP} bytes" in description
         assert seconds < PROXY_TIMEOUT  # cut at the cap, long before the deadline
-    assert max(health_checks) < 0.5, sorted(health_checks)[-5:]
+    assert max(health_checks) < 1.0, sorted(health_checks)[-5:]  # a stalled worker takes seconds
     assert_no_traceback(caplog)
 
 
@@ -349,6 +349,9 @@ def test_the_head_cap_counts_the_status_line_and_every_header(
     fresh.behaviour = raw(head + TOKEN)
     response = faulty_proxy.post("/proxy/token", data=GRANT)
     assert response.status_code == status, response.text
+
+
+FRAMED_TOKEN = http("200 OK", TOKEN).removeprefix(b"HTTP/1.1 200 OK\r\n")  # what follows a status line
 
 
 STRAY_AFTER_AN_ANSWER = {
@@ -372,7 +375,7 @@ def test_bytes_after_a_complete_answer_never_change_it_and_the_connection_is_dro
         assert response.json()["access_token"] == "act.fault"
     else:
         assert_oauth_error(response, status, error)
-    time.sleep(pause * 3)  # the stray bytes have reached the proxy
+    time.sleep(pause * 5)  # the stray bytes have reached the proxy
     assert_next_exchange_on_a_new_connection(pool_of_its_own, fresh)
     assert fresh.requests == 2
     assert_no_traceback(caplog)
@@ -399,12 +402,12 @@ HOSTILE_ANSWERS = {
         % (len(TOKEN), TOKEN), "not valid HTTP"),
     "non-ascii-content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nab", "not valid HTTP"),
     # Bytes a header must not hold
-    "nul-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\x00FF\r\n" + http("200 OK", TOKEN)[17:],
+    "nul-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\x00FF\r\n" + FRAMED_TOKEN,
                         "not valid HTTP"),
-    "cr-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\rInjected: yes\r\n" + http("200 OK", TOKEN)[17:],
+    "cr-in-a-header": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\rInjected: yes\r\n" + FRAMED_TOKEN,
                        "not valid HTTP"),
-    "obs-fold": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\r\n  0622\r\n" + http("200 OK", TOKEN)[17:], "not valid HTTP"),
-    "header-without-a-name": (b"HTTP/1.1 200 OK\r\n: x\r\n" + http("200 OK", TOKEN)[17:], "not valid HTTP"),
+    "obs-fold": (b"HTTP/1.1 200 OK\r\nX-Tt-Logid: 2022\r\n  0622\r\n" + FRAMED_TOKEN, "not valid HTTP"),
+    "header-without-a-name": (b"HTTP/1.1 200 OK\r\n: x\r\n" + FRAMED_TOKEN, "not valid HTTP"),
     # Chunks
     "chunk-size-overflow": (chunked(b"fffffffffffffffffff\r\n"), "not valid HTTP"),
     "chunk-size-not-hex": (chunked(b"zz\r\nab\r\n0\r\n\r\n"), "not valid HTTP"),
