@@ -238,14 +238,22 @@ def test_tiktok_refusals_become_oauth_errors(
         (
             {
                 "data": {},
-                "error": {"code": "access_token_invalid", "message": "Access token is invalid", "log_id": "L0G1"},
+                "error": {
+                    "code": "access_token_invalid",
+                    "message": "Access token is invalid",
+                    "log_id": "202611220218540000000000000000000001",
+                },
             },
             400,
             "access_token_invalid",
             "Access token is invalid",
         ),
         (
-            {"error": "server_error", "error_description": "Internal error.", "log_id": "L0G2"},
+            {
+                "error": "server_error",
+                "error_description": "Internal error.",
+                "log_id": "202611220218540000000000000000000002",
+            },
             502,
             "server_error",
             "Internal error.",
@@ -300,14 +308,20 @@ def test_v1_success_envelope_is_unwrapped(client: httpx.Client, tiktok: TikTokSt
 def test_rate_limiting_is_an_error_the_client_can_act_on(client: httpx.Client, tiktok: TikTokStandIn) -> None:
     tiktok.fault = reply(
         429,
-        {"error": {"code": "rate_limit_exceeded", "message": "slow down", "log_id": "L0G3"}},
+        {
+            "error": {
+                "code": "rate_limit_exceeded",
+                "message": "slow down",
+                "log_id": "20261122021854000000000000000000ABC3",
+            }
+        },
         **{"Retry-After": "30"},
     )
     response = client.post("/proxy/token", data=code_grant("any"))
     body = assert_oauth_error(response, 429, "temporarily_unavailable")
     assert response.headers["retry-after"] == "30"
     assert "retry after 30 seconds" in body["error_description"]
-    assert body["log_id"] == "L0G3"
+    assert body["log_id"] == "20261122021854000000000000000000ABC3"
 
 
 # ----------------------------------------------------------------------- upstream failures

@@ -9,7 +9,8 @@ import pytest
 from tiktok_proxy.config import ConfigError, Settings, load_settings
 from tiktok_proxy.errors import OAuthError
 from tiktok_proxy.logs import logfmt
-from tiktok_proxy.tiktok import UpstreamReply, normalize_token_reply
+from tiktok_proxy.tiktok import normalize_token_reply, tiktok_log_id, upstream_reply
+from tiktok_proxy.upstream import Answer
 
 # ---------------------------------------------------------------------------------- configuration
 
@@ -74,12 +75,14 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
 # ---------------------------------------------------------------------------------- normalization
 
 
-def normalize(body: object, status: int = 200, **extra: str) -> dict[str, object]:
+LOG_ID = "202206221854370101130062072500FFA2"  # as in TikTok's docs
+
+
+def normalize(body: object, status: int = 200, **headers: str) -> dict[str, object]:
+    """TikTok's answer with this body, status and headers (lower-case names), read as the proxy reads it."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_token_reply(
-        UpstreamReply("https://tiktok.test/", status, raw, extra.get("log_id"), extra.get("retry_after")),
-        secrets=["SECRET"],
-    )
+    reply = upstream_reply("https://tiktok.test/", Answer(status, headers, raw))
+    return normalize_token_reply(reply, secrets=["SECRET"])
 
 
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])
@@ -128,15 +131,58 @@ def test_expires_in_must_be_whole_seconds(value: object) -> None:
 
 def test_the_log_id_header_is_kept_when_the_body_has_none() -> None:
     with pytest.raises(OAuthError) as caught:
-        normalize({"error": "invalid_grant"}, log_id="HDR123")
-    assert caught.value.log_id == "HDR123"
+        normalize({"error": "invalid_grant"}, **{"x-tt-logid": LOG_ID})
+    assert caught.value.log_id == LOG_ID
 
 
-def test_a_429_without_a_body_is_rate_limiting() -> None:
+@pytest.mark.parametrize(
+    "value",
+    [LOG_ID, "20220829194722CBE87ED59D524E727021", "20220701091238010004004007735002017070F8D12"],
+)
+def test_tiktok_log_ids_are_recognized(value: str) -> None:
+    assert tiktok_log_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "HDR123", "L0G1", "202206221854370101130062072500ffa2", "20220622185437", "2022062218543７0101130062072500FFA2",
+        LOG_ID + "\n", " " + LOG_ID, LOG_ID + "A" * 4000, "", None, 20220622185437010113, ["x"],
+    ],
+    ids=["short", "word", "lower-case", "timestamp-only", "fullwidth-digit", "newline", "space", "4KB", "empty",
+         "none", "number", "list"],
+)  # fmt: skip
+def test_anything_else_is_no_log_id(value: object) -> None:
+    assert tiktok_log_id(value) is None
+    with pytest.raises(OAuthError) as caught:  # in the body or in the header alike
+        normalize(
+            {"error": "invalid_grant", "log_id": value}, **({"x-tt-logid": value} if isinstance(value, str) else {})
+        )
+    assert caught.value.log_id is None
+
+
+def test_a_well_shaped_header_log_id_stands_in_for_a_malformed_one_in_the_body() -> None:
     with pytest.raises(OAuthError) as caught:
-        normalize(b"Too Many Requests", status=429, retry_after="soon")
+        normalize({"error": "invalid_grant", "log_id": "x" * 4096}, **{"x-tt-logid": LOG_ID})
+    assert caught.value.log_id == LOG_ID
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["soon", "²", "٣", "３", "1.5", "-1", " 5", "5, 7", "1234567", "Wed, 21 Oct 2026 07:28:00 GMT", ""],
+)
+def test_a_429_passes_on_retry_after_only_as_ascii_seconds(retry_after: str) -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize(b"Too Many Requests", status=429, **{"retry-after": retry_after})
     assert (caught.value.status, caught.value.error) == (429, "temporarily_unavailable")
     assert "Retry-After" not in caught.value.headers  # only a number of seconds is passed on
+    assert caught.value.description == "TikTok is rate-limiting token requests; retry later"
+
+
+def test_a_429_passes_on_retry_after_in_seconds() -> None:
+    with pytest.raises(OAuthError) as caught:
+        normalize(b"Too Many Requests", status=429, **{"retry-after": "120"})
+    assert caught.value.headers["Retry-After"] == "120"
 
 
 # ---------------------------------------------------------------------------------- logging

@@ -129,7 +129,7 @@ def test_a_connection_is_retired_before_the_keep_alive_timeout_the_server_announ
     ("header", "seconds"),
     [("timeout=5, max=100", 5), ("max=100, Timeout=75", 75), ('timeout="3"', 3), ("timeout=0", 0),
      ("", None), ("max=100", None), ("timeout=", None), ("timeout=-1", None), ("timeout=2.5", None),
-     ("timeout=²", None)],
+     ("timeout=²", None), ("timeout=" + "9" * 5000, None), ("timeout=0000000075", None)],
 )  # fmt: skip
 def test_keep_alive_timeout(header: str, seconds: int | None) -> None:
     assert keep_alive_timeout(header) == seconds

@@ -22,7 +22,7 @@ from . import metrics
 from .config import Settings
 from .errors import OAuthError, missing
 from .logs import redact
-from .upstream import ConnectFailed, UpstreamClient, UpstreamError
+from .upstream import Answer, ConnectFailed, UpstreamClient, UpstreamError
 
 # ------------------------------------------------------------------------------------ outbound forms
 
@@ -94,8 +94,8 @@ class UpstreamReply:
     url: str
     status: int
     body: bytes
-    log_id: str | None  # TikTok's x-tt-logid header, when it sends one
-    retry_after: str | None
+    log_id: str | None  # TikTok's x-tt-logid header, when it has the shape of TikTok's log ids
+    retry_after: str | None  # TikTok's Retry-After, when it is a number of seconds
 
 
 def upstream_client(settings: Settings) -> UpstreamClient:
@@ -125,12 +125,18 @@ async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], t
         metrics.upstream_failed("unusable")
         raise OAuthError(502, "server_error", f"the exchange with TikTok failed ({type(exc).__name__})") from None
     metrics.upstream_answered(time.perf_counter() - started)
+    return upstream_reply(url, answer)
+
+
+def upstream_reply(url: str, answer: Answer) -> UpstreamReply:
+    """TikTok's answer, with the headers the proxy passes on (to the client, or to its log) checked first."""
+    retry_after = answer.headers.get("retry-after", "")
     return UpstreamReply(
         url=url,
         status=answer.status,
         body=answer.body,
-        log_id=answer.headers.get("x-tt-logid"),
-        retry_after=answer.headers.get("retry-after"),
+        log_id=tiktok_log_id(answer.headers.get("x-tt-logid")),
+        retry_after=retry_after if RETRY_AFTER_SHAPE.fullmatch(retry_after) else None,
     )
 
 
@@ -139,8 +145,13 @@ async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], t
 # TikTok's error codes that are not plain "400 Bad Request" for the client.
 ERROR_STATUS = {"invalid_client": 401, "server_error": 502, "temporarily_unavailable": 503}
 ERROR_CODE_SHAPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 error charset
-LOG_ID_SHAPE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+# TikTok's log ids: a UTC timestamp (yyyymmddHHMMSS), then upper-case hex, e.g. 202206221854370101130062072500FFA2.
+LOG_ID_SHAPE = re.compile(r"[0-9]{14}[0-9A-F]{8,64}")
+RETRY_AFTER_SHAPE = re.compile(r"[0-9]{1,6}")  # delay-seconds (RFC 9110 §10.2.3), ASCII digits: under 12 days
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # JSON's escape for a UTF-16 surrogate, \uD800-\uDFFF
+TOKEN_SHAPE = re.compile(r"[\x20-\x7e]+")  # RFC 6749 A.12, A.17: access and refresh tokens are 1*VSCHAR
+MAX_SECONDS = 2**31 - 1  # a lifetime beyond 68 years is a broken answer, and past what some clients parse
 
 
 def normalize_token_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) -> dict[str, Any]:
@@ -183,7 +194,7 @@ def raise_tiktok_error(reply: UpstreamReply, parts: list[dict[str, Any]], secret
         error = _tiktok_error(part)
         if error is not None:
             code, description, log_id = error
-            raise _client_error(reply, code, description, log_id or reply.log_id, secrets)
+            raise _client_error(reply, code, description, tiktok_log_id(log_id) or reply.log_id, secrets)
 
 
 def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
@@ -205,9 +216,14 @@ def _unusable(reply: UpstreamReply, document: Any, what: str) -> OAuthError:
 
 def _json_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        document = json.loads(body)
+        if SURROGATE_ESCAPE.search(body):
+            # A lone surrogate (I-JSON, RFC 7493 §2.1, forbids them) makes a string no answer can be encoded
+            # with: treat the document as the invalid JSON it is. Pairs, as in emoji, encode fine.
+            json.dumps(document, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return None
+    return document
 
 
 def _payload_parts(document: Any) -> list[dict[str, Any]]:
@@ -235,18 +251,19 @@ def _tiktok_error(part: dict[str, Any]) -> tuple[str, Any, Any] | None:
     return None
 
 
-def _client_error(reply: UpstreamReply, code: str, description: Any, log_id: Any, secrets: Iterable[str]) -> OAuthError:
-    clean_log_id = _clean_log_id(log_id)
+def _client_error(
+    reply: UpstreamReply, code: str, description: Any, log_id: str | None, secrets: Iterable[str]
+) -> OAuthError:
     if reply.status == 429 or code == "rate_limit_exceeded":
-        return _rate_limited(reply, clean_log_id)
+        return _rate_limited(reply, log_id)
     if not ERROR_CODE_SHAPE.fullmatch(code):
         code = "invalid_request"
     text = _clean_text(description, secrets) or f"TikTok refused the request ({code})"
-    return OAuthError(ERROR_STATUS.get(code, 400), code, text, log_id=clean_log_id)
+    return OAuthError(ERROR_STATUS.get(code, 400), code, text, log_id=log_id)
 
 
 def _rate_limited(reply: UpstreamReply, log_id: str | None) -> OAuthError:
-    retry_after = reply.retry_after if reply.retry_after and reply.retry_after.isdigit() else None
+    retry_after = reply.retry_after  # checked when the answer was read
     wait = f"retry after {retry_after} seconds" if retry_after else "retry later"
     return OAuthError(
         429,
@@ -271,7 +288,7 @@ def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
         value = part.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SECONDS:
             raise unusable(f"a {name} that is not a whole number of seconds")
         payload[name] = value
     for name in ("refresh_token", "open_id", "scope"):
@@ -281,6 +298,9 @@ def _token_payload(part: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, str):
             raise unusable(f"a {name} that is not a string")
         payload[name] = value
+    for name in ("access_token", "refresh_token"):  # they go into Authorization headers and forms
+        if name in payload and not TOKEN_SHAPE.fullmatch(payload[name]):
+            raise unusable(f"an {name} that is not printable ASCII")
     if "scope" in payload:  # quirk Q2: TikTok joins scopes with commas; RFC 6749 §3.3 with spaces
         payload["scope"] = " ".join(split_scopes(payload["scope"]))
     return payload
@@ -293,9 +313,10 @@ def _clean_text(value: Any, secrets: Iterable[str]) -> str:
     return CONTROL_CHARS.sub(" ", redact(value, secrets)).strip()[:300]
 
 
-def _clean_log_id(value: Any) -> str | None:
-    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    return text if LOG_ID_SHAPE.fullmatch(text) else None
+def tiktok_log_id(value: Any) -> str | None:
+    """TikTok's log id, from its x-tt-logid header or an answer's log_id, when it has TikTok's shape; else None.
+    It goes to the client and into the log line, so nothing else may pass for one."""
+    return value if isinstance(value, str) and LOG_ID_SHAPE.fullmatch(value) else None
 
 
 # ------------------------------------------------------------------------- the endpoints relayed

@@ -17,6 +17,13 @@ keep-alive connection that closed before a single byte of answer came back (see 
 else: never after any byte of answer, never after a timeout, never a request that went out on a new connection
 (authorization codes are single-use). It does not follow redirects (that would re-send the client secret),
 decompress, or speak HTTP/2.
+
+An answer is read as strictly as the proxy reads a request: its head (status line and headers, interim 1xx
+answers included) is capped at MAX_HEAD bytes, counted as bytes arrive and before the parser sees more; the
+whole answer on the wire at MAX_HEAD + max_body. It must be HTTP/1.0 or 1.1, with a status from 100 to 599; a
+101 or an upgrade, or more than MAX_INTERIM interim answers, fails the exchange. The answer is taken whole when
+its last byte arrives, and nothing after it can change it: a connection that delivers bytes nobody asked for,
+or whose answer came before the request was fully written, is dropped, never reused.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -42,11 +51,14 @@ from .config import egress_proxy_origin
 
 log = logging.getLogger("tiktok_proxy.upstream")
 
+MAX_HEAD = 64 * 1024  # an answer's status line and headers, interim answers included; TikTok's are under 2 KiB
+MAX_INTERIM = 10  # interim (1xx) answers before the final one: RFC 9110 sets no number, so a client must
+
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    headers: dict[str, str]  # lower-case names; a repeated header's values joined by ", " (RFC 9110 §5.3)
     body: bytes
 
 
@@ -76,30 +88,40 @@ class NoAnswer(UpstreamError):
     """The connection closed before a single byte of the answer arrived."""
 
 
+class _Refused(Exception):
+    """Raised in a parser callback to stop the parser at once (feed_data then raises HttpParserCallbackError)."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection. httptools calls the on_* methods as the answer arrives."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, max_head: int = MAX_HEAD) -> None:
         self.max_body = max_body
+        self.max_head = max_head
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.expires_at = 0.0  # when idle in the pool: reuse it only before this (time.monotonic)
         self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[None] | None = None
-        self.received = False  # any byte of the current answer
+        self.answer: asyncio.Future[Answer] | None = None  # holds the final answer, taken whole when complete
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_message_begin()
+        self._start()
 
     async def exchange(self, request: bytes) -> Answer:
         assert self.transport is not None
-        # Forget the previous answer now: if the connection drops before a byte of this one arrives, its
-        # state must not be mistaken for this answer (a bodiless 204 would look complete).
-        self.on_message_begin()
-        self.received = False
+        self._start()
         self.answer = asyncio.get_running_loop().create_future()
         self.transport.write(request)
-        await self.answer
-        return Answer(self.status, self.headers, bytes(self.body))
+        return await self.answer
+
+    def _start(self) -> None:
+        # Forget the previous answer now: if the connection drops before a byte of this one arrives, its state
+        # must not be mistaken for this answer (a bodiless 204 would look complete).
+        self.seen = 0  # bytes of this answer so far, interim answers included
+        self.start = b""  # its first bytes: llhttp also takes RTSP/ and ICE/ where HTTP/ belongs
+        self.limit = self.max_head  # on `seen`: the head's cap until the final head is complete, then the answer's
+        self.interim = 0
+        self.error: UpstreamError | None = None  # why a callback stopped the parser
+        self._new_message()
 
     @property
     def reusable(self) -> bool:
@@ -119,6 +141,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def drop(self) -> None:
+        """Close at once, discarding anything unsent: a peer that misbehaved may never read it, nor close cleanly."""
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,21 +154,43 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.answer is None or self.answer.done():
-            self.close()  # bytes nobody asked for: this connection can no longer be trusted
+            self.drop()  # bytes nobody asked for: this connection can no longer be trusted
             return
-        self.received = True
+        if self.seen < 5:
+            self.start += data[: 5 - self.seen]
+        room = self.limit - self.seen
+        if len(data) <= room:  # the usual case: all of it within the cap, fed as it is
+            self.seen += len(data)
+            self._feed(data)
+            return
+        # Over the cap: the parser sees only what fits. That part may complete the head, which raises the cap.
+        limit = self.limit
+        self.seen = limit
+        self._feed(data[:room])
+        if self.limit > limit or self.answer.done():
+            self.data_received(data[room:])
+        elif limit == self.max_head:
+            self._fail(AnswerTooLarge(f"the answer's head is over {self.max_head} bytes"))
+        else:
+            self._fail(AnswerTooLarge(f"the answer is over {limit} bytes with its framing"))
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail(UpstreamError("the answer is not valid HTTP"))
+        except httptools.HttpParserUpgrade:  # not an HttpParserError
+            self._fail(UpstreamError("the answer switches protocols, which the proxy never asks for"))
+        except httptools.HttpParserCallbackError:  # one of the callbacks below refused the answer
+            self._fail(self.error or UpstreamError("the answer is not valid HTTP"))
+        except httptools.HttpParserError as exc:  # llhttp's reasons are fixed texts, never bytes of the answer
+            self._fail(UpstreamError(f"the answer is not valid HTTP ({exc})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if not self.closed.done():
             self.closed.set_result(None)
-        if self.headers_done and not self.framed:  # a body delimited by the end of the connection
-            self._settle()
-        elif not self.received:
+        if self.until_close:  # a body delimited by the end of the connection
+            self._take()
+        elif not self.seen:
             self._fail(NoAnswer("the connection closed before any answer"))
         else:
             self._fail(UpstreamError("the connection closed before a complete answer"))
@@ -148,55 +198,89 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.answer is None or self.answer.done():
+            # More bytes after the answer, in the same read: whatever they say, they are not its answer.
+            self._refuse(UpstreamError("bytes followed the answer"))
+        self._new_message()
+
+    def _new_message(self) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()
-        self.headers_done = self.framed = self.keep_alive = False
+        self.headers_done = self.framed = self.until_close = self.keep_alive = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer: never merged into the head (RFC 9110 §6.5), so it cannot pose as one of its fields
         key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
         self.framed = self.framed or key in ("content-length", "transfer-encoding")
-        self.headers[key] = value.decode("latin-1")
+        previous = self.headers.get(key)
+        self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
-        self.status = self.parser.get_status_code()
+        self.status = status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        declared = self.headers.get("content-length", "").strip()
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0") or (not self.interim and self.start != b"HTTP/"):
+            self._refuse(UpstreamError("the answer's status line is not HTTP/1.0 or 1.1"))
+        if not 100 <= status <= 599:
+            self._refuse(UpstreamError(f"the answer's status {status} is not an HTTP status"))
+        if status == 101:
+            self._refuse(UpstreamError("the answer switches protocols (HTTP 101), which the proxy never asks for"))
+        if status < 200:  # an interim answer (100, 102, 103): the final one follows (RFC 9110 §15.2)
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                self._refuse(UpstreamError(f"the answer began with over {MAX_INTERIM} interim (1xx) answers"))
+            return
+        self.limit = self.max_head + self.max_body
+        self.until_close = not self.framed
+        declared = self.headers.get("content-length", "")  # llhttp allows one, of digits only
         if declared.isdigit() and int(declared) > self.max_body:
-            self._fail(AnswerTooLarge(f"the answer is over {self.max_body} bytes"))
+            self._refuse(AnswerTooLarge(f"the answer is over {self.max_body} bytes"))
 
     def on_body(self, chunk: bytes) -> None:
         self.body += chunk
         if len(self.body) > self.max_body:
-            self._fail(AnswerTooLarge(f"the answer is over {self.max_body} bytes"))
+            self._refuse(AnswerTooLarge(f"the answer is over {self.max_body} bytes"))
 
     def on_message_complete(self) -> None:
-        if self.status >= 200:  # a 1xx interim answer is followed by the real one
-            self._settle()
+        if self.status >= 200:  # an interim answer is followed by the real one
+            self._take()
 
-    def _settle(self) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_result(None)
+    def _take(self) -> None:
+        """The final answer is complete: take it whole now, so that no byte after it can change it."""
+        if self.answer is None or self.answer.done():
+            return
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            # Answered before the request was fully written: the rest of it must not reach the server as the
+            # start of a next request.
+            self.keep_alive = False
+        self.answer.set_result(Answer(self.status, self.headers, bytes(self.body)))
+
+    def _refuse(self, error: UpstreamError) -> NoReturn:
+        self.error = error
+        raise _Refused
 
     def _fail(self, error: UpstreamError) -> None:
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(error)
-        self.keep_alive = False
-        self.close()
+        self.drop()
 
 
 class UpstreamClient:
     """POSTs over pooled keep-alive connections, one pool per origin. Create and close it in the app's lifespan.
 
     proxy: an http://[user:password@]host:port forward proxy for https origins; no_proxy: the hosts that bypass
-    it; ca_file: a PEM bundle in place of certifi's.
+    it; ca_file: a PEM bundle in place of certifi's. max_body caps an answer's body, max_head its head.
     """
 
     def __init__(
         self,
         *,
         max_body: int,
+        max_head: int = MAX_HEAD,
         keepalive_expiry: float = 5.0,
         max_idle: int = 128,
         proxy: str = "",
@@ -204,6 +288,7 @@ class UpstreamClient:
         ca_file: str = "",
     ) -> None:
         self.max_body = max_body
+        self.max_head = max_head
         self.keepalive_expiry = keepalive_expiry  # below common server idle timeouts, so we close first
         self.max_idle = max_idle
         self.tls = ssl.create_default_context(cafile=ca_file or certifi.where())
@@ -244,7 +329,7 @@ class UpstreamClient:
         try:
             answer = await connection.exchange(request)
         except BaseException:  # failed, timed out or cancelled mid-answer: the connection is in an unknown state
-            connection.close()
+            connection.drop()
             raise
         self._give_back(origin, connection)
         return answer
@@ -254,14 +339,20 @@ class UpstreamClient:
         now = time.monotonic()
         while connections:
             connection = connections.pop()  # the most recently used: least likely to have been closed
-            if now < connection.expires_at and connection.still_open():
+            if now >= connection.expires_at:
+                connection.close()
+            elif connection.still_open():
                 return connection
-            connection.close()
+            else:
+                connection.drop()  # closed by the server, or holding bytes nobody asked for
         return None
 
     def _give_back(self, origin: tuple[str, str, int], connection: _Connection) -> None:
         connections = self.idle.setdefault(origin, [])
-        if not connection.reusable or len(connections) >= self.max_idle:
+        if not connection.reusable:
+            connection.drop()
+            return
+        if len(connections) >= self.max_idle:
             connection.close()
             return
         lifetime = self.keepalive_expiry
@@ -277,18 +368,17 @@ class UpstreamClient:
         # As in curl, HTTPS_PROXY is for https origins; a plain-http one is only ever a stand-in on this machine.
         proxy = self.proxy if tls and self.proxy and self.proxy.used_for(host, port) else None
         loop = asyncio.get_running_loop()
+        protocol = partial(_Connection, self.max_body, self.max_head)
         for attempt in (1, 2):  # nothing was sent yet, so one retry is safe
             try:
                 if proxy is None:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self.max_body), host, port, ssl=tls, server_hostname=host if tls else None
+                        protocol, host, port, ssl=tls, server_hostname=host if tls else None
                     )
                 else:
                     sock = await proxy.tunnel(host, port)
                     # TLS end to end, inside the tunnel. The loop now owns the socket, and closes it on failure.
-                    _, connection = await loop.create_connection(
-                        lambda: _Connection(self.max_body), sock=sock, ssl=tls, server_hostname=host
-                    )
+                    _, connection = await loop.create_connection(protocol, sock=sock, ssl=tls, server_hostname=host)
                 log.debug(
                     "upstream_connect host=%s port=%d attempt=%d via=%s",
                     host, port, attempt, proxy.origin if proxy else "-",
@@ -309,7 +399,7 @@ def keep_alive_timeout(value: str) -> int | None:
     for param in value.split(","):
         name, _, number = param.partition("=")
         number = number.strip().strip('"')
-        if name.strip().lower() == "timeout" and number.isascii() and number.isdigit():
+        if name.strip().lower() == "timeout" and re.fullmatch(r"[0-9]{1,9}", number):  # int() refuses 4,301 digits
             return int(number)
     return None
 

@@ -202,3 +202,35 @@ def garbage() -> Behaviour:
         await writer.drain()
 
     return behave
+
+
+def raw(*pieces: bytes, pause: float = 0.0, close: bool = False) -> Behaviour:
+    """These bytes and nothing else, whatever HTTP says: each piece written on its own, `pause` seconds apart
+    (0: all of them in one write, so that the proxy reads them together); then the connection closes if `close`."""
+
+    async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for number, piece in enumerate(pieces if pause else [b"".join(pieces)]):
+            if number:
+                await asyncio.sleep(pause)
+            writer.write(piece)
+            await writer.drain()
+        if close:
+            writer.close()
+
+    return behave
+
+
+def endless(start: bytes, filler: bytes, *, up_to: int = 256 * 1024 * 1024) -> Behaviour:
+    """`start`, then `filler` again and again until the proxy hangs up: a head, a chunk-size line or a trailer
+    that never ends."""
+
+    async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(start)
+        try:
+            for _ in range(up_to // len(filler)):
+                writer.write(filler)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the proxy hung up once it had seen enough
+
+    return behave

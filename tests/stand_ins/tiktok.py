@@ -288,7 +288,8 @@ class TikTokStandIn:
 
 
 def new_log_id() -> str:
-    return "2026112202" + secrets.token_hex(12).upper()
+    """TikTok's shape: a UTC timestamp (yyyymmddHHMMSS), then upper-case hex."""
+    return "20261122021854" + secrets.token_hex(10).upper()
 
 
 def envelope(status: int, code: str, message: str, data: dict[str, object] | None = None) -> Response:
