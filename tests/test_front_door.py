@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -253,7 +253,7 @@ def across_the_old_boundary(scenario: Scenario) -> None:
         scenario.login()
 
 
-def one_long_gap(seconds: float, peek_at: float | None = None) -> Any:
+def one_long_gap(seconds: float, peek_at: float | None = None) -> Callable[[Scenario], None]:
     def run(scenario: Scenario) -> None:
         first = scenario.login()
         if peek_at is not None:
@@ -282,7 +282,7 @@ def proxy_closes_first(scenario: Scenario) -> None:
 
 
 # name: (nginx's keepalive_timeout, the proxy's environment, the logins)
-SCENARIOS: dict[str, tuple[int, dict[str, str], Any]] = {
+SCENARIOS: dict[str, tuple[int, dict[str, str], Callable[[Scenario], None]]] = {
     "across 5 s": (60, {}, across_the_old_boundary),
     # The front door's own limit passes first: nginx closes at 60 s, not the proxy (KEEP_ALIVE_TIMEOUT=75).
     "past nginx's 60 s": (60, {}, one_long_gap(62, peek_at=58)),
