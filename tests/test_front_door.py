@@ -300,6 +300,7 @@ def journeys(
     """Every scenario at once, each on its own proxy and nginx: the module takes as long as the longest."""
     nginx_command()  # fail at once, with the reason, when nginx is missing
     tiktok, tiktok_server = stand_in_server
+    tiktok.reset()  # the session's stand-in: no fault left over from an earlier test
 
     def run(name: str) -> Journey:
         keepalive_timeout, env, logins = SCENARIOS[name]
