@@ -70,6 +70,7 @@ http {{
             proxy_pass http://tiktok_proxy;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # proxy_next_upstream stays nginx's default: a POST sent once is never sent again.
         }}
     }}
 }}
