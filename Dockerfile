@@ -14,10 +14,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Dependencies in their own layer: rebuilt only when requirements.txt changes. pip itself is not needed to run.
-COPY requirements.txt /app/requirements.txt
+# Dependencies in their own layer: rebuilt only when the lock changes. requirements.lock pins every dependency,
+# the transitive ones too, with the sha256 of each file: pip refuses anything else (--require-hashes) and
+# installs nothing the lock does not name (--no-deps). docs/operations/deploy-dependencies.md: how to refresh
+# it. pip itself is not needed to run.
+COPY requirements.lock /app/requirements.lock
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install -r /app/requirements.txt \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r /app/requirements.lock \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 # Runs as a user with no shell and no home; it cannot write the code it runs. A numeric USER below lets

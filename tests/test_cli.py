@@ -57,6 +57,30 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     assert "LOG_LEVEL must be one of" in result.stderr  # from .env; TIKTOK_TIMEOUT=ten was overridden
 
 
+def test_dotenv_is_read_from_the_working_directory_only(tmp_path: Path) -> None:
+    # The proxy's settings and the commands' settings, as each reads them (their own .env loading).
+    show = (
+        "from tiktok_proxy.config import load_settings;"
+        "from tiktok_proxy.auth0.management import load_admin_settings;"
+        "print(load_settings().log_level, load_admin_settings().connection_name)"
+    )
+    working_directory = tmp_path / "child"
+    working_directory.mkdir()
+    (tmp_path / ".env").write_text("LOG_LEVEL=DEBUG\nAUTH0_CONNECTION_NAME=from-the-parent\n")
+
+    def settings_seen() -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", show],
+            env=clean_env(PYTHONPATH=str(REPO)), cwd=working_directory, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert settings_seen() == "INFO tiktok"  # the parent's .env is ignored: the defaults
+    (working_directory / ".env").write_text("LOG_LEVEL=ERROR\nAUTH0_CONNECTION_NAME=from-the-working-directory\n")
+    assert settings_seen() == "ERROR from-the-working-directory"
+
+
 class RunningProxy:
     def __init__(self, process: subprocess.Popen[str], port: int) -> None:
         self.process, self.url = process, f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from dotenv import find_dotenv, load_dotenv
+from dotenv import load_dotenv
 
 DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
 DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
@@ -83,10 +83,19 @@ GOOD_VALUES = {
 }
 
 
+def load_dotenv_from_working_directory() -> None:
+    """Add `.env` in the working directory to os.environ; variables already set win over the file.
+
+    Only that directory: a `.env` higher up (a home directory, a monorepo's root, another project's) must
+    never configure the proxy or the commands without anyone noticing. find_dotenv() would walk up to it.
+    """
+    load_dotenv(os.path.join(os.getcwd(), ".env"))
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from `environ`, or from the process environment plus an optional `.env`."""
     if environ is None:
-        load_dotenv(find_dotenv(usecwd=True))  # variables already set win over the file
+        load_dotenv_from_working_directory()
         environ = os.environ
     defaults = Settings()
 

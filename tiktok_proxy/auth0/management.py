@@ -9,8 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from dotenv import find_dotenv, load_dotenv
 
+from ..config import load_dotenv_from_working_directory
 from ..logs import redact
 from ..tiktok import split_scopes
 
@@ -50,7 +50,7 @@ def load_admin_settings(
 ) -> AdminSettings:
     """From the environment and `.env`; command-line flags (`overrides`) win."""
     if environ is None:
-        load_dotenv(find_dotenv(usecwd=True))
+        load_dotenv_from_working_directory()
         environ = os.environ
     overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "", [])}
 
