@@ -197,19 +197,18 @@ def check_client(settings: Settings, request: Request, client_key: str, client_s
 
     - The proxy's own key: its secret is the proof, checked here in constant time; X-Proxy-Secret is not needed
       (Token Vault's refreshes may come without Auth0's customHeaders). A wrong secret never reaches TikTok.
-    - Any other key: X-Proxy-Secret when PROXY_SECRET is set (already checked before the body when there is no
-      own key), then the allow-list.
+    - Any other key: the allow-list (only the own key, when ALLOWED_CLIENT_KEYS is empty), then X-Proxy-Secret
+      when PROXY_SECRET is set (already checked before the body when there is no own key).
     """
-    if settings.tiktok_client_secret:
-        if client_key == settings.tiktok_client_key:
-            sent = client_secret.encode("utf-8", "surrogatepass")
-            if not hmac.compare_digest(sent, settings.tiktok_client_secret.encode()):
-                metrics.refused("gate")
-                raise OAuthError(401, "invalid_client", OWN_SECRET_REFUSAL)
-            return
-        if settings.proxy_secrets:
-            check_gate(settings, request)
+    if settings.tiktok_client_secret and client_key == settings.tiktok_client_key:
+        sent = client_secret.encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(sent, settings.tiktok_client_secret.encode()):
+            metrics.refused("gate")
+            raise OAuthError(401, "invalid_client", OWN_SECRET_REFUSAL)
+        return
     check_allowed(settings, client_key)
+    if settings.tiktok_client_secret:
+        check_gate(settings, request)
 
 
 def check_gate(settings: Settings, request: Request) -> None:
