@@ -1,7 +1,7 @@
 # The TikTok token proxy as a container image.
 #
 #   docker build -t tiktok-proxy .
-#   docker run -p 3333:3333 -e ALLOWED_CLIENT_KEYS=<your client key> -e PROXY_SECRET=<secret> tiktok-proxy
+#   docker run -p 3333:3333 -e TIKTOK_CLIENT_KEY=<client key> -e TIKTOK_CLIENT_SECRET=<client secret> tiktok-proxy
 #   docker run --rm --env-file .env tiktok-proxy doctor        (the commands work too)
 #
 # BASE is any Debian-like image with python3 (3.11 or newer) and its venv module on PATH. scripts/container-test
@@ -29,7 +29,9 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
 COPY proxy.py /app/
 COPY tiktok_proxy /app/tiktok_proxy
 
-# The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached.
+# The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached; there
+# the proxy refuses to start without a gate (PROXY_SECRET, TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or
+# ALLOWED_CLIENT_KEYS), with one line and exit code 2.
 ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=3333
