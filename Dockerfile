@@ -1,7 +1,7 @@
 # The TikTok token proxy as a container image.
 #
 #   docker build -t tiktok-proxy .
-#   docker run -p 3333:3333 -e TIKTOK_CLIENT_KEY=<client key> -e TIKTOK_CLIENT_SECRET=<client secret> tiktok-proxy
+#   docker run -p 3333:3333 -e ALLOWED_CLIENT_KEYS=<your client key> -e PROXY_SECRET=<secret> tiktok-proxy
 #   docker run --rm --env-file .env tiktok-proxy doctor        (the commands work too)
 #
 # BASE is any Debian-like image with python3 (3.11 or newer) and its venv module on PATH. scripts/container-test
