@@ -32,7 +32,9 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
 COPY proxy.py /app/
 COPY tiktok_proxy /app/tiktok_proxy
 
-# The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached.
+# The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached; there
+# the proxy refuses to start without a gate (PROXY_SECRET, TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or
+# ALLOWED_CLIENT_KEYS), with one line and exit code 2.
 ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=3333

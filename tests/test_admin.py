@@ -267,7 +267,7 @@ def test_doctor_on_a_healthy_setup(healthy_tenant: dict[str, str], monkeypatch: 
         ("space-separated-scopes", "are space-separated"),
         ("guide-profile-script", "the one from Auth0's guide, which always fails"),
         ("no-application", "the connection is enabled for no application"),
-        ("client-key-not-allowed", "not in ALLOWED_CLIENT_KEYS"),
+        ("client-key-not-allowed", "neither TIKTOK_CLIENT_KEY nor in ALLOWED_CLIENT_KEYS"),
         ("proxy-unreachable", "nothing healthy answers at https://127.0.0.1:"),
         ("public-url-http", "is not https"),
         ("token-url-without-slash", "the proxy's configuration does not load: TIKTOK_TOKEN_URL must end with '/'"),
@@ -306,7 +306,7 @@ def test_doctor_finds_each_problem(
     elif breakage == "no-application":
         auth0.enabled[connection["id"]].clear()
     elif breakage == "client-key-not-allowed":
-        env["ALLOWED_CLIENT_KEYS"] = "some-other-key"
+        options["client_id"] = "some-other-key"  # neither TIKTOK_CLIENT_KEY nor in ALLOWED_CLIENT_KEYS
     elif breakage == "proxy-unreachable":
         env["PUBLIC_URL"] = f"https://127.0.0.1:{free_port()}"
     elif breakage == "public-url-http":
@@ -319,8 +319,10 @@ def test_doctor_finds_each_problem(
         env["AUTH0_MGMT_CLIENT_SECRET"] = "wrong"
     elif breakage == "gate-header-missing":
         del options["customHeaders"]
+        header_only(env)
     elif breakage == "gate-header-wrong":
         env["PROXY_SECRET"] = "a-new-gate-secret-not-yet-written"
+        header_only(env)
     elif breakage == "gate-secret-differs":
         env["PROXY_SECRET"] = f"another-gate-secret-entirely,{GATE_SECRET}"
     elif breakage == "wrong-tiktok-secret":
@@ -333,6 +335,11 @@ def test_doctor_finds_each_problem(
     assert any(line.startswith("problem") and fragment in line for line in report.splitlines()), report
     for secret in (CLIENT_SECRET, GATE_SECRET, MGMT_CLIENT_SECRET, "a-wrong-tiktok-client-secret", PROBE_CODE):
         assert secret not in report
+
+
+def header_only(env: dict[str, str]) -> None:
+    """The proxy as doctor reads it holds no TikTok secret: only X-Proxy-Secret keeps strangers out."""
+    del env["TIKTOK_CLIENT_KEY"], env["TIKTOK_CLIENT_SECRET"]
 
 
 def test_setup_writes_the_gate_header_merged_and_hidden(auth0: Auth0StandIn, env: dict[str, str]) -> None:
@@ -350,12 +357,14 @@ def test_setup_writes_the_gate_header_merged_and_hidden(auth0: Auth0StandIn, env
 def test_doctor_follows_a_rotation(healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # Step 1 of the rotation: the proxy accepts the new value and the old one; Auth0 still sends the old one.
     healthy_tenant["PROXY_SECRET"] = f"{NEW_GATE_SECRET},{GATE_SECRET}"
-    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    proxy_env = dict(healthy_tenant)
+    header_only(proxy_env)  # a proxy that holds no TikTok secret: the header is its gate
+    healthy, report = run_doctor(proxy_env, monkeypatch)
     assert healthy, report
     assert "warning  the connection sends an older X-Proxy-Secret value, still accepted" in report
     # Step 2: setup-auth0 writes the new value; doctor is satisfied.
     assert cli(healthy_tenant, "setup-auth0").returncode == 0
-    healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    healthy, report = run_doctor(proxy_env, monkeypatch)
     assert "ok       the connection's X-Proxy-Secret opens the proxy's gate" in report, report
 
 
@@ -476,3 +485,131 @@ def test_delete_waits_for_the_revoke_unless_forced(
     assert forced.returncode == 0, forced.stderr
     assert "deleting anyway (--force)" in forced.stdout
     assert USER_ID not in auth0.users
+
+
+# ------------------------------------------------------------------ nothing secret shown or sent in the clear
+
+TEAM_HEADER_SECRET = "a-team-header-value-that-is-secret"
+
+
+def test_setup_prints_no_secret_and_summarizes_the_script(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    env["PROXY_SECRET"] = GATE_SECRET
+    created = cli(env, "setup-auth0")  # a new connection: every option is new, customHeaders included
+    assert created.returncode == 0, created.stderr
+    lines = len(SCRIPT.splitlines())
+    assert "  customHeaders.X-Proxy-Secret: set (hidden)" in created.stdout
+    assert "  client_secret: set (hidden)" in created.stdout
+    assert f"  scripts.fetchUserProfile: the shipped script, {lines} lines, installed" in created.stdout
+    assert f'  tokenURL: (unset) -> "{PUBLIC_URL}/proxy/token"' in created.stdout
+
+    # An existing connection: its own customHeaders (new to this run) and an older profile script.
+    (connection,) = auth0.connections.values()
+    connection["options"]["customHeaders"] = {"X-Team": TEAM_HEADER_SECRET}
+    connection["options"]["scripts"]["fetchUserProfile"] = "function (a, c, cb) { cb(null, {user_id: 'x'}) }"
+    connection["options"]["client_secret"] = "the-previous-client-secret"
+    env["PROXY_SECRET"] = NEW_GATE_SECRET
+    updated = cli(env, "setup-auth0")
+    assert updated.returncode == 0, updated.stderr
+    assert "  customHeaders.X-Proxy-Secret: set (hidden)" in updated.stdout
+    assert f"  scripts.fetchUserProfile: the shipped script, {lines} lines, changed" in updated.stdout
+    assert "  client_secret: changed (hidden)" in updated.stdout
+    assert connection["options"]["customHeaders"] == {"X-Team": TEAM_HEADER_SECRET, "X-Proxy-Secret": NEW_GATE_SECRET}
+
+    output = created.stdout + created.stderr + updated.stdout + updated.stderr
+    for secret in (GATE_SECRET, NEW_GATE_SECRET, CLIENT_SECRET, TEAM_HEADER_SECRET, "the-previous-client-secret"):
+        assert secret not in output
+    # The script is summarized, never dumped: none of its lines is in the output.
+    assert not [line for line in SCRIPT.splitlines() if len(line.strip()) > 12 and line.strip() in output]
+
+
+class Recorder:
+    """A plain-http forward proxy stand-in that records what reaches it and answers /healthz as the proxy would."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes]] = []
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = b"".join(name + b": " + value + b"\n" for name, value in scope["headers"])
+        self.seen.append((scope["method"], scope["path"], headers + body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
+
+
+def test_doctor_sends_no_secret_over_plain_http(
+    healthy_tenant: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every plain-http request doctor makes goes through this recorder (HTTP_PROXY), so what it sent is seen.
+    recorder = Recorder()
+    with ServerThread(recorder) as wire:
+        monkeypatch.setenv("HTTP_PROXY", wire.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the Auth0 stand-in, on loopback, is reached directly
+        healthy_tenant["PUBLIC_URL"] = "http://proxy.example"
+        healthy, report = run_doctor(healthy_tenant, monkeypatch)
+    assert not healthy  # PUBLIC_URL must be https
+    assert (
+        "warning  the TikTok credentials were not tried: PUBLIC_URL http://proxy.example is plain http, and the "
+        "probe would send the client secret and the gate secret in the clear" in report
+    ), report
+    assert [(method, path) for method, path, _ in recorder.seen] == [("GET", "/healthz")]
+    for _, _, sent in recorder.seen:
+        for secret in (CLIENT_SECRET, GATE_SECRET, MGMT_CLIENT_SECRET):
+            assert secret.encode() not in sent
+
+
+def test_the_commands_send_management_credentials_over_https_only(env: dict[str, str]) -> None:
+    result = cli({**env, "AUTH0_DOMAIN": "http://tenant.example"}, "setup-auth0")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "tiktok-token-proxy: AUTH0_DOMAIN must be https (http only for localhost), got http://tenant.example"
+    )
+
+
+@pytest.fixture(scope="module")
+def own_key_proxy(https_proxy: tuple[str, str], stand_in_server: tuple[TikTokStandIn, ServerThread]) -> Iterator[str]:
+    """The proxy as the README now sets it up: it holds TIKTOK_CLIENT_SECRET and checks it itself (no header)."""
+    _, ca_file = https_proxy
+    _, tiktok_http = stand_in_server
+    settings = Settings(
+        token_url=tiktok_http.url + TOKEN_PATH,
+        revoke_url=tiktok_http.url + REVOKE_PATH,
+        tiktok_client_key=CLIENT_KEY,
+        tiktok_client_secret=CLIENT_SECRET,
+    )
+    server = ServerThread(create_app(settings))
+    server.server.config.ssl_certfile = str(Path(ca_file).parent / "server.pem")
+    server.server.config.load()
+    with server:
+        yield f"https://localhost:{server.port}"
+
+
+def test_doctor_on_a_proxy_that_checks_the_secret_itself(
+    healthy_tenant: dict[str, str], own_key_proxy: str, tiktok: TikTokStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**healthy_tenant, "PUBLIC_URL": own_key_proxy}
+    for name in ("PROXY_SECRET", "ALLOWED_CLIENT_KEYS"):
+        del env[name]
+    assert cli(env, "setup-auth0").returncode == 0  # the Token URL now points at this proxy
+    healthy, report = run_doctor(env, monkeypatch)
+    assert healthy, report
+    assert "ok       the proxy's gate is own_key" in report
+    assert (
+        "ok       the proxy checks the connection's client secret itself: logins and Token Vault's refreshes" in report
+    )
+    assert "TikTok accepts the client key and secret (it refused only the made-up code: invalid_grant)" in report
+
+    env["TIKTOK_CLIENT_SECRET"] = "not-the-secret-the-proxy-holds"
+    healthy, report = run_doctor(env, monkeypatch)
+    assert not healthy
+    assert "problem  the proxy refused TIKTOK_CLIENT_SECRET: it holds another secret for TIKTOK_CLIENT_KEY" in report
+    assert "problem  the connection's Client Secret is not the proxy's TIKTOK_CLIENT_SECRET" in report
+    assert not [seen for seen in tiktok.seen if seen.form.get("client_secret") == ["not-the-secret-the-proxy-holds"]]
+    for secret in (CLIENT_SECRET, "not-the-secret-the-proxy-holds", MGMT_CLIENT_SECRET):
+        assert secret not in report

@@ -7,6 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from tiktok_proxy.config import load_settings
+
 from stand_ins.tiktok import CLIENT_KEY, REDIRECT_URI
 
 AUTH0_AUTHORIZE = {  # what Auth0's generic OAuth2 strategy puts on the Authorization URL
@@ -94,3 +96,35 @@ def test_the_allow_list_applies_to_authorize(proxy_with) -> None:  # type: ignor
     assert refused.status_code == 401
     assert refused.json()["error"] == "invalid_client"
     redirect_params(client.get("/proxy/authorize", params=AUTH0_AUTHORIZE))
+
+
+@pytest.mark.parametrize(
+    ("scope", "sent"),
+    [
+        # Connected Accounts asks for OpenID Connect's scopes beside the connection's, with spaces or commas.
+        ("openid profile offline_access user.info.basic,user.info.profile", "user.info.basic,user.info.profile"),
+        ("user.info.basic,openid,email", "user.info.basic"),
+        ("user.info.basic user.info.basic", "user.info.basic"),
+        # Nothing TikTok knows is left: TIKTOK_SCOPES.
+        ("openid profile email offline_access", "user.info.basic,video.list"),
+        (",  ,", "user.info.basic,video.list"),
+    ],
+)
+def test_only_tiktok_scopes_reach_tiktok(proxy_with, scope: str, sent: str) -> None:  # type: ignore[no-untyped-def]
+    client = proxy_with(scopes="user.info.basic,video.list")
+    assert redirect_params(client.get("/proxy/authorize", params={**AUTH0_AUTHORIZE, "scope": scope}))["scope"] == [
+        sent
+    ]
+
+
+def test_without_a_scope_tiktok_gets_tiktok_scopes(client: httpx.Client) -> None:
+    params = {name: value for name, value in AUTH0_AUTHORIZE.items() if name != "scope"}
+    assert redirect_params(client.get("/proxy/authorize", params=params))["scope"] == ["user.info.basic"]
+
+
+def test_tiktok_scopes_is_read_comma_or_space_separated() -> None:
+    assert (
+        load_settings({"TIKTOK_SCOPES": " user.info.basic  user.info.profile,"}).scopes
+        == "user.info.basic,user.info.profile"
+    )
+    assert load_settings({}).scopes == "user.info.basic"

@@ -171,7 +171,7 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "event=revoke outcome=ok" in log
     assert "event=token outcome=ok grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
     assert "INFO tiktok_proxy event=start token_url=http://127.0.0.1:" in log
-    assert "WARNING tiktok_proxy neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set" in log
+    assert "WARNING tiktok_proxy neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     # The capture really ran at DEBUG, and the DEBUG lines name parameters, never their values.
     assert (
@@ -278,8 +278,67 @@ def test_json_logs_are_one_object_per_line_with_the_same_fields(
         "log_id",
         "duration_ms",
         "status",
+        "gate_header",  # new fields go after status, so that the ones before never move
     ]
     assert exchanges[0]["status"] == 200 and exchanges[0]["client_key"] == CLIENT_KEY and exchanges[1]["status"] == 400
     assert any(entry.get("event") == "token_request" and entry["level"] == "DEBUG" for entry in entries)
     for value in (CLIENT_SECRET, code, ok.json()["access_token"], ok.json()["refresh_token"]):
         assert value not in output
+
+
+NO_GATE_LINE = (
+    "tiktok-token-proxy: configuration error: HOST (or --host) is 0.0.0.0, reachable from other machines, and the "
+    "proxy has no gate: set PROXY_SECRET to a random value (make one with: openssl rand -hex 32), or "
+    "TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS (ALLOW_OPEN_RELAY=true starts it open anyway)"
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        ([sys.executable, str(REPO / "proxy.py"), "--host", "0.0.0.0", "--port", "1"], {}),  # as the Procfile runs it
+        ([sys.executable, str(REPO / "proxy.py")], {"HOST": "0.0.0.0"}),  # as the container image runs it
+        ([sys.executable, "-m", "uvicorn", "--app-dir", str(REPO), "proxy:app"], {"HOST": "0.0.0.0"}),
+    ],
+    ids=["--host", "HOST", "uvicorn proxy:app with HOST"],
+)
+def test_off_loopback_without_a_gate_the_proxy_refuses_to_start(
+    command: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    result = subprocess.run(command, env=clean_env(**env), cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == NO_GATE_LINE
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_host_on_the_command_line_wins_over_a_host_in_the_environment(tmp_path: Path) -> None:
+    # HOST=0.0.0.0 (the image's) with no gate, but --host 127.0.0.1: the proxy listens on loopback only, and starts.
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "proxy.py"), "--host", "127.0.0.1", "--port", str(port)],
+        env=clean_env(HOST="0.0.0.0"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningProxy(process, port)
+    wait_until_healthy(running.url, process)
+    assert "gate=open" in running.stop()
+
+
+def test_an_open_relay_off_loopback_is_an_explicit_and_loud_choice(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "proxy.py"), "--host", "0.0.0.0", "--port", str(port)],
+        env=clean_env(ALLOW_OPEN_RELAY="true"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningProxy(process, port)
+    wait_until_healthy(running.url, process)
+    log = running.stop()
+    assert "gate=open" in log
+    assert "WARNING tiktok_proxy OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on 0.0.0.0" in log

@@ -279,16 +279,16 @@ def test_cancel_on_tiktok_page(world: World, tiktok: TikTokStandIn, tab: Any, ar
     screenshot(tab, artifacts, "cancelled")
 
 
-def test_without_the_gate_header_the_proxy_refuses(
+def test_with_a_wrong_client_secret_the_proxy_refuses(
     world: World, tiktok: TikTokStandIn, tab: Any, artifacts: Path
 ) -> None:
+    # The proxy holds TIKTOK_CLIENT_SECRET (world.env) and checks it itself, the right X-Proxy-Secret or not.
     options = setup_auth0(world, tiktok, "--use-proxy-authorize")
     assert options["customHeaders"] == {"X-Proxy-Secret": GATE_SECRET}
-    del options["customHeaders"]
+    options["client_secret"] = "a-client-secret-typed-wrong"
     log_in(tab, world)
     assert tab.inner_text("#error") == (
-        "invalid_client: this proxy requires the X-Proxy-Secret header from your Auth0 connection's "
-        "customHeaders, and it is missing (PROXY_SECRET)"
+        "invalid_client: the client secret is not the one this proxy holds for its client key (TIKTOK_CLIENT_SECRET)"
     )
     assert not any(seen.path == TOKEN_PATH for seen in tiktok.seen)  # refused before TikTok
     screenshot(tab, artifacts, "gate-refused", "error")

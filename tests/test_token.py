@@ -503,3 +503,53 @@ def test_unknown_routes_and_methods_answer_json(client: httpx.Client, method: st
     assert_oauth_error(response, status, "invalid_request")
     if status == 405:
         assert "POST" in response.headers["allow"] or "GET" in response.headers["allow"]
+
+
+REFRESH = {"grant_type": "refresh_token", "client_id": CLIENT_KEY, "client_secret": CLIENT_SECRET}
+
+
+def test_a_refresh_passes_the_new_refresh_token_and_its_lifetime_through(
+    client: httpx.Client, tiktok: TikTokStandIn
+) -> None:
+    token = client.post("/proxy/token", data={**REFRESH, "refresh_token": tiktok.issue_refresh_token()}).json()
+    assert token["refresh_expires_in"] == 31536000 and token["refresh_token"] in tiktok.refresh_tokens
+    # TikTok's own values, whatever they are: the new one always replaces the old (quirk Q8).
+    tiktok.fault = reply(200, {"access_token": "act.n", "token_type": "Bearer", "refresh_token": "rft.rotated",
+                               "refresh_expires_in": 4321})  # fmt: skip
+    answer = client.post("/proxy/token", data={**REFRESH, "refresh_token": "rft.old"}).json()
+    assert (answer["refresh_token"], answer["refresh_expires_in"]) == ("rft.rotated", 4321)
+
+
+@pytest.mark.parametrize(
+    ("tiktok_error", "status", "error"),
+    [
+        ("invalid_request", 400, "invalid_grant"),  # e.g. an expired refresh token, reported as a bad request
+        ("invalid_scope", 400, "invalid_grant"),
+        ("invalid_grant", 400, "invalid_grant"),
+        ("invalid_client", 401, "invalid_client"),  # the client, not the grant: stays
+        ("server_error", 502, "server_error"),  # TikTok's trouble: retrying may help
+        ("temporarily_unavailable", 503, "temporarily_unavailable"),
+    ],
+)
+def test_tiktok_refusing_a_refresh_is_invalid_grant(
+    client: httpx.Client, tiktok: TikTokStandIn, tiktok_error: str, status: int, error: str
+) -> None:
+    tiktok.fault = reply(
+        200, {"error": tiktok_error, "error_description": "Refresh token is invalid.", "log_id": "202612010001"}
+    )
+    body = assert_oauth_error(client.post("/proxy/token", data={**REFRESH, "refresh_token": "rft.x"}), status, error)
+    assert body["log_id"] == "202612010001"
+    if error == "invalid_grant" and tiktok_error != "invalid_grant":
+        assert body["error_description"] == f"Refresh token is invalid. (TikTok: {tiktok_error})"
+    # A code exchange keeps TikTok's code: only a refresh token that stopped working is invalid_grant.
+    code = assert_oauth_error(client.post("/proxy/token", data=code_grant("c")), status, tiktok_error)
+    assert code["error_description"] == "Refresh token is invalid."
+
+
+def test_a_rate_limited_refresh_stays_429(client: httpx.Client, tiktok: TikTokStandIn) -> None:
+    tiktok.fault = reply(
+        429, {"error": "rate_limit_exceeded", "error_description": "slow down"}, **{"Retry-After": "7"}
+    )
+    response = client.post("/proxy/token", data={**REFRESH, "refresh_token": "rft.x"})
+    assert_oauth_error(response, 429, "temporarily_unavailable")
+    assert response.headers["retry-after"] == "7"

@@ -18,14 +18,17 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import metrics, tiktok
-from .config import Settings, egress_proxy_origin, settings_or_exit
+from .config import Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
 from .errors import NO_STORE, OAuthError, missing
 from .inbound import (
     CUT_BY_DEADLINE,
+    GATE_HEADER,
     KNOWN_PARAMS,
     check_allowed,
-    check_gate,
+    check_client,
+    check_gate_before_body,
     client_credentials,
+    gate_mode,
     one_of,
     parse_params,
     parse_query,
@@ -41,7 +44,7 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
     try:
-        check_gate(settings, request)  # first: a caller without the secret costs no body read and no TikTok call
+        check_gate_before_body(settings, request)  # a caller without the header costs no body read, when it decides
         params = parse_params(request.headers.get("content-type", ""), await read_body(request))
         if log.isEnabledFor(logging.DEBUG):
             # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
@@ -50,7 +53,7 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
                       authorization_header="authorization" in request.headers)  # fmt: skip
         client_key, client_secret = client_credentials(request, params)
         fields["client_key"] = client_key
-        check_allowed(settings, client_key)
+        check_client(settings, request, client_key, client_secret)
         form = to.build_form(params, client_key, client_secret)
         fields["grant"] = form.get("grant_type")
         reply = await tiktok.post_form(request.state.upstream, to.url(settings), form, settings.timeout)
@@ -63,7 +66,11 @@ async def relay(request: Request, to: tiktok.Relay) -> Response:
     if getattr(request.state, CUT_BY_DEADLINE, False):
         return response  # serving.py cut the body at REQUEST_TIMEOUT, and has answered 408 and logged it
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms)
+    # Whether X-Proxy-Secret came (never its value): shows, for example, whether Token Vault's refreshes carry
+    # the connection's customHeaders.
+    gate_header = "sent" if GATE_HEADER in request.headers else "absent"
+    log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms,
+                after_status={"gate_header": gate_header})  # fmt: skip
     metrics.exchange(to.event, fields["grant"], outcome, response.status_code)
     return response
 
@@ -90,7 +97,7 @@ async def authorize_endpoint(request: Request) -> Response:
         if client_key is None:
             raise missing("client_id")
         check_allowed(settings, client_key)
-        query = tiktok.authorize_query(params, client_key)
+        query = tiktok.authorize_query(params, client_key, settings.scopes)
     except OAuthError as err:
         log_outcome(err.status, event="authorize", outcome=err.error, client_key=client_key)
         metrics.exchange("authorize", None, err.error, err.status)
@@ -138,6 +145,23 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500, headers=NO_STORE)
 
 
+def warn_about_the_gate(settings: Settings) -> None:
+    """Startup warnings for a gate that is off or partial (config.py refuses no gate at all off loopback)."""
+    if not has_gate(settings):
+        if settings.allow_open_relay and not is_loopback(settings.host):
+            log.warning(
+                f"OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on {settings.host}: anyone who reaches this proxy "
+                "can relay token requests to TikTok through it (set PROXY_SECRET, see docs: gate modes)"
+            )
+        else:
+            log.warning(
+                "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS (nor TIKTOK_CLIENT_KEY with TIKTOK_CLIENT_SECRET) is "
+                "set: anyone can relay token requests through this proxy (set PROXY_SECRET, see README: The gate)"
+            )
+    elif not settings.allowed_client_keys and not settings.tiktok_client_key:
+        log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app."""
     settings = settings or settings_or_exit()
@@ -157,14 +181,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
-                  gate="on" if settings.proxy_secrets else "off", metrics="on" if settings.metrics_token else "off")  # fmt: skip
-        if not settings.allowed_client_keys and not settings.proxy_secrets:
-            log.warning(
-                "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS is set: anyone can relay token requests through "
-                "this proxy (set PROXY_SECRET, see README: The gate)"
-            )
-        elif not settings.allowed_client_keys:
-            log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
+                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off")  # fmt: skip
+        warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
         gc.freeze()

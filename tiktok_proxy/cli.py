@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 import uvicorn
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(host: str | None, port: int | None) -> None:
+    if host:
+        # --host overrides HOST. Through the environment, so that the gate check (config.py) and every worker,
+        # which reads its settings afresh, see the address really listened on.
+        os.environ["HOST"] = host
     settings = settings_or_exit()
     serving.raise_open_file_limit()
     if settings.metrics_token and settings.workers > 1:
@@ -58,7 +63,7 @@ def serve(host: str | None, port: int | None) -> None:
         metrics.share_between_workers()
     uvicorn.run(
         "proxy:app",
-        host=host or settings.host,
+        host=settings.host,
         port=port or settings.port,
         workers=settings.workers,
         log_config=logging_config(settings.log_level, settings.log_format),

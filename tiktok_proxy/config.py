@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ class Settings:
     egress_proxy: str = field(default="", repr=False)  # may carry user:password; log egress_proxy_origin()
     no_proxy: str = ""
     ca_file: str = ""  # SSL_CERT_FILE: a CA bundle in place of certifi's, for networks that inspect TLS
+    # The proxy's own TikTok app. When both are set, token and revoke requests for this key must carry this
+    # secret (the proxy checks it itself, so Auth0 needs no header), and with no ALLOWED_CLIENT_KEYS only this key
+    # is served. setup-auth0 and doctor read the same two variables (auth0/management.py).
+    tiktok_client_key: str = ""
+    tiktok_client_secret: str = field(default="", repr=False)
+    # TIKTOK_SCOPES, comma-joined: what /proxy/authorize asks TikTok for when the request names no TikTok scope.
+    scopes: str = "user.info.basic"
+    # Start on a non-loopback address with no gate at all. Only for a network where nothing else can reach it.
+    allow_open_relay: bool = False
 
 
 class ConfigError(Exception):
@@ -80,6 +90,10 @@ GOOD_VALUES = {
     "METRICS_TOKEN": "a random value of 16 or more characters, e.g. from: openssl rand -hex 32",
     "HTTPS_PROXY": "your egress proxy, e.g. http://user:password@proxy.internal:3128",
     "SSL_CERT_FILE": "the path of a PEM CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt",
+    "ALLOWED_CLIENT_KEYS": "comma-separated TikTok client keys, e.g. aw1yourclientkey",
+    "TIKTOK_CLIENT_KEY": "your TikTok app's Client key, with TIKTOK_CLIENT_SECRET (or neither)",
+    "TIKTOK_CLIENT_SECRET": "your TikTok app's Client secret, with TIKTOK_CLIENT_KEY (or neither)",
+    "ALLOW_OPEN_RELAY": "true or false (false unless nothing but your Auth0 tenant can reach the proxy)",
 }
 
 
@@ -103,14 +117,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         value = environ.get(name, "").strip()
         return value or None
 
-    return Settings(
+    tiktok_client_key, tiktok_client_secret = own_client(raw("TIKTOK_CLIENT_KEY"), raw("TIKTOK_CLIENT_SECRET"))
+    settings = Settings(
         host=raw("HOST") or defaults.host,
         port=bounded(int, "PORT", raw("PORT"), defaults.port, 1, 65535),
         token_url=upstream_url("TIKTOK_TOKEN_URL", raw("TIKTOK_TOKEN_URL") or defaults.token_url),
         authorize_url=upstream_url("TIKTOK_AUTHORIZE_URL", raw("TIKTOK_AUTHORIZE_URL") or defaults.authorize_url),
         revoke_url=upstream_url("TIKTOK_REVOKE_URL", raw("TIKTOK_REVOKE_URL") or defaults.revoke_url),
         timeout=bounded(float, "TIKTOK_TIMEOUT", raw("TIKTOK_TIMEOUT"), defaults.timeout, 0.1, 120),
-        allowed_client_keys=comma_set(raw("ALLOWED_CLIENT_KEYS")),
+        allowed_client_keys=non_empty_set("ALLOWED_CLIENT_KEYS", raw("ALLOWED_CLIENT_KEYS")),
         log_level=log_level(raw("LOG_LEVEL") or defaults.log_level),
         log_format=one_of("LOG_FORMAT", raw("LOG_FORMAT") or defaults.log_format, ("plain", "json")),
         workers=bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
@@ -124,7 +139,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         egress_proxy=egress_proxy(raw("HTTPS_PROXY") or raw("https_proxy") or ""),
         no_proxy=raw("NO_PROXY") or raw("no_proxy") or "",
         ca_file=ca_file(raw("SSL_CERT_FILE") or ""),
+        tiktok_client_key=tiktok_client_key,
+        tiktok_client_secret=tiktok_client_secret,
+        scopes=",".join(split_scopes(raw("TIKTOK_SCOPES") or defaults.scopes)),
+        allow_open_relay=boolean("ALLOW_OPEN_RELAY", raw("ALLOW_OPEN_RELAY")),
     )
+    require_gate_off_loopback(settings)
+    return settings
 
 
 Number = TypeVar("Number", int, float)
@@ -146,6 +167,61 @@ def bounded(
 
 def comma_set(value: str | None) -> frozenset[str]:
     return frozenset(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def split_scopes(scope: str) -> list[str]:
+    """Scopes separated by commas (TikTok, quirk Q2) or spaces (RFC 6749 §3.3), in order."""
+    return [item for item in re.split(r"[\s,]+", scope) if item]
+
+
+def non_empty_set(name: str, value: str | None) -> frozenset[str]:
+    """A comma-separated list that, once set, must hold a value: " , " must not quietly switch a check off."""
+    values = comma_set(value)
+    if value is not None and not values:
+        raise ConfigError(
+            name, f"{name} is set but holds no value (only commas and spaces): fill it in or leave it empty"
+        )
+    return values
+
+
+def boolean(name: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(name, f"{name} must be true or false, got {value!r}")
+
+
+def own_client(key: str | None, secret: str | None) -> tuple[str, str]:
+    """TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET go together: half of the pair would check nothing."""
+    if bool(key) != bool(secret):
+        absent, present = (
+            ("TIKTOK_CLIENT_SECRET", "TIKTOK_CLIENT_KEY") if key else ("TIKTOK_CLIENT_KEY", "TIKTOK_CLIENT_SECRET")
+        )
+        raise ConfigError(
+            absent,
+            f"{absent} is not set, but {present} is: set both (the proxy then checks the secret itself) or neither",
+        )
+    return key or "", secret or ""
+
+
+def has_gate(settings: Settings) -> bool:
+    """Something keeps strangers from relaying through the proxy: the header, its own secret, or an allow-list."""
+    return bool(settings.proxy_secrets or settings.tiktok_client_secret or settings.allowed_client_keys)
+
+
+def require_gate_off_loopback(settings: Settings) -> None:
+    """Fail closed: reachable from other machines with no gate, the proxy would be an open relay to TikTok."""
+    if is_loopback(settings.host) or has_gate(settings) or settings.allow_open_relay:
+        return
+    raise ConfigError(
+        "PROXY_SECRET",
+        f"HOST (or --host) is {settings.host}, reachable from other machines, and the proxy has no gate: set "
+        "PROXY_SECRET to a random value (make one with: openssl rand -hex 32), or TIKTOK_CLIENT_KEY and "
+        "TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS (ALLOW_OPEN_RELAY=true starts it open anyway)",
+    )
 
 
 def upstream_url(name: str, value: str) -> str:
@@ -190,7 +266,7 @@ def secret_value(name: str, value: str) -> str:
 
 
 def proxy_secrets(value: str | None) -> frozenset[str]:
-    secrets = comma_set(value)
+    secrets = non_empty_set("PROXY_SECRET", value)
     for secret in secrets:
         secret_value("PROXY_SECRET", secret)
     return secrets

@@ -158,8 +158,13 @@ def _decode_basic(credentials: str) -> tuple[str, str]:
 
 
 def check_allowed(settings: Settings, client_key: str) -> None:
-    """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay."""
-    if settings.allowed_client_keys and client_key not in settings.allowed_client_keys:
+    """Refuse unknown client keys before TikTok is called, so the proxy is not an open relay.
+
+    With the proxy's own key set (TIKTOK_CLIENT_KEY) and no ALLOWED_CLIENT_KEYS, only that key is served."""
+    if settings.tiktok_client_key and client_key == settings.tiktok_client_key:
+        return
+    allowed = settings.allowed_client_keys
+    if (allowed or settings.tiktok_client_key) and client_key not in allowed:
         raise OAuthError(401, "invalid_client", ALLOW_LIST_REFUSAL)
 
 
@@ -167,6 +172,43 @@ GATE_HEADER = "X-Proxy-Secret"
 # The proxy's own invalid_client answers say so, so that `doctor` can tell them from TikTok's.
 GATE_REFUSAL = f"this proxy requires the {GATE_HEADER} header"
 ALLOW_LIST_REFUSAL = "this client key is not allowed by the proxy (ALLOWED_CLIENT_KEYS)"
+OWN_SECRET_REFUSAL = "the client secret is not the one this proxy holds for its client key (TIKTOK_CLIENT_SECRET)"
+
+
+def gate_mode(settings: Settings) -> str:
+    """The checks a token or revoke request meets, for the startup line: e.g. own_key+header, or open."""
+    checks = [
+        ("own_key", bool(settings.tiktok_client_secret)),
+        ("header", bool(settings.proxy_secrets)),
+        ("allow_list", bool(settings.allowed_client_keys)),
+    ]
+    return "+".join(name for name, on in checks if on) or "open"
+
+
+def check_gate_before_body(settings: Settings, request: Request) -> None:
+    """When the header alone decides (PROXY_SECRET, and no own key), refuse before reading the body: a caller
+    without the secret then costs nothing. With an own key, the body's client key decides (check_client)."""
+    if settings.proxy_secrets and not settings.tiktok_client_secret:
+        check_gate(settings, request)
+
+
+def check_client(settings: Settings, request: Request, client_key: str, client_secret: str) -> None:
+    """The gate, once the client is known.
+
+    - The proxy's own key: its secret is the proof, checked here in constant time; X-Proxy-Secret is not needed
+      (Token Vault's refreshes may come without Auth0's customHeaders). A wrong secret never reaches TikTok.
+    - Any other key: the allow-list (only the own key, when ALLOWED_CLIENT_KEYS is empty), then X-Proxy-Secret
+      when PROXY_SECRET is set (already checked before the body when there is no own key).
+    """
+    if settings.tiktok_client_secret and client_key == settings.tiktok_client_key:
+        sent = client_secret.encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(sent, settings.tiktok_client_secret.encode()):
+            metrics.refused("gate")
+            raise OAuthError(401, "invalid_client", OWN_SECRET_REFUSAL)
+        return
+    check_allowed(settings, client_key)
+    if settings.tiktok_client_secret:
+        check_gate(settings, request)
 
 
 def check_gate(settings: Settings, request: Request) -> None:

@@ -36,9 +36,11 @@ def log_event(level: int, logger: logging.Logger = log, **fields: Any) -> None:
         logger.log(level, logfmt(**fields), extra={"fields": fields})
 
 
-def log_outcome(status: int, **fields: Any) -> None:
+def log_outcome(status: int, after_status: dict[str, Any] | None = None, **fields: Any) -> None:
+    """One exchange's line, at a level by its status. `after_status`: fields that come after status, so that
+    fields added later never move the ones that readers (and tests) expect in order."""
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    log_event(level, **fields, status=status)
+    log_event(level, **fields, status=status, **(after_status or {}))
 
 
 class JSONFormatter(logging.Formatter):

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import metrics
-from .config import Settings
+from .config import Settings, split_scopes
 from .errors import OAuthError, missing
 from .logs import redact
 from .upstream import Answer, ConnectFailed, UpstreamClient, UpstreamError
@@ -61,19 +61,26 @@ def revoke_form(params: Mapping[str, str], client_key: str, client_secret: str) 
 AUTHORIZE_DROPPED = frozenset({"client_id", "client_key", "client_secret"})
 
 
-def authorize_query(params: Mapping[str, str], client_key: str) -> dict[str, str]:
-    """The authorize page's query: client_key in place of client_id (Q1), scopes joined by commas (Q2)."""
-    query = {"client_key": client_key}
+def authorize_query(params: Mapping[str, str], client_key: str, default_scopes: str) -> dict[str, str]:
+    """The authorize page's query: client_key in place of client_id (Q1), TikTok's scopes joined by commas (Q2)."""
+    query = {"client_key": client_key, "scope": default_scopes}  # TikTok requires a scope
     for name, value in params.items():
         if name == "scope":
-            value = ",".join(split_scopes(value))
+            value = tiktok_scopes(value, default_scopes)
         if name not in AUTHORIZE_DROPPED:  # a secret never belongs in a browser URL
             query[name] = value
     return query
 
 
-def split_scopes(scope: str) -> list[str]:
-    return [item for item in re.split(r"[\s,]+", scope) if item]
+# OpenID Connect's and Auth0's own scopes. Auth0's Connected Accounts asks for "openid profile offline_access"
+# beside the connection's scopes, and TikTok refuses a request that names a scope it does not know.
+NOT_TIKTOK_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
+def tiktok_scopes(scope: str, default_scopes: str) -> str:
+    """Only TikTok's scopes, each once, comma-joined; `default_scopes` (TIKTOK_SCOPES) when none is left."""
+    kept = dict.fromkeys(item for item in split_scopes(scope) if item not in NOT_TIKTOK_SCOPES)
+    return ",".join(kept) or default_scopes
 
 
 # -------------------------------------------------------------------------------------- the call
@@ -179,10 +186,26 @@ def normalize_revoke_reply(reply: UpstreamReply, secrets: Iterable[str] = ()) ->
 
 
 def token_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:
-    payload = normalize_token_reply(reply, secrets=form.values())
-    if form["grant_type"] == "refresh_token" and "refresh_token" not in payload:
-        payload["refresh_token"] = form["refresh_token"]  # quirk Q8: keep the client able to refresh
+    if form["grant_type"] != "refresh_token":
+        return normalize_token_reply(reply, secrets=form.values())
+    try:
+        payload = normalize_token_reply(reply, secrets=form.values())
+    except OAuthError as err:
+        raise refresh_refused(err) from None
+    # Quirk Q8: TikTok rotates refresh tokens. Its new one (and refresh_expires_in) pass through and replace the
+    # old; only when it sends none does the client keep the one it sent.
+    payload.setdefault("refresh_token", form["refresh_token"])
     return payload
+
+
+def refresh_refused(err: OAuthError) -> OAuthError:
+    """TikTok's refusal of a refresh is, to the client, a refresh token that no longer works (RFC 6749 §5.2:
+    invalid_grant), whatever code TikTok used; Token Vault then asks the user to connect again. A wrong client
+    (401), TikTok's own failures (5xx) and rate limits (429) stay what they are: retrying can fix those."""
+    if err.status != 400 or err.error == "invalid_grant":
+        return err
+    description = f"{err.description} (TikTok: {err.error})"
+    return OAuthError(400, "invalid_grant", description, log_id=err.log_id, headers=err.headers)
 
 
 def revoke_answer(reply: UpstreamReply, form: Mapping[str, str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, load_settings
-from ..inbound import ALLOW_LIST_REFUSAL, GATE_HEADER, GATE_REFUSAL
+from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, is_loopback, load_settings
+from ..inbound import ALLOW_LIST_REFUSAL, GATE_HEADER, GATE_REFUSAL, OWN_SECRET_REFUSAL, gate_mode
 from ..logs import redact
 from .management import AdminError, AdminSettings, management
 from .setup import PROFILE_SCRIPT
@@ -57,11 +58,26 @@ def check_proxy_configuration(settings: Settings) -> Iterable[Finding]:
             )
         else:
             yield Finding("ok", f"{name} is https with its trailing slash")
-    if not settings.allowed_client_keys:
+    mode = gate_mode(settings)
+    if mode == "open":
+        yield Finding(
+            "warning",
+            "the proxy has no gate: anyone who finds the Token URL can relay token requests through it",
+            "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET (the proxy then checks the secret itself), or PROXY_SECRET",
+        )
+    else:
+        yield Finding("ok", f"the proxy's gate is {mode}")
+    if settings.proxy_secrets and settings.tiktok_client_secret and not settings.allowed_client_keys:
+        yield Finding(
+            "ok",
+            f"{GATE_HEADER} is not needed by TIKTOK_CLIENT_KEY (its secret is checked); PROXY_SECRET matters only "
+            "for other client keys in ALLOWED_CLIENT_KEYS, and none is",
+        )
+    if not settings.allowed_client_keys and not settings.tiktok_client_key:
         yield Finding(
             "warning",
             "ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key",
-            "set it to your TikTok client key",
+            "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS, to your TikTok client key",
         )
 
 
@@ -105,6 +121,15 @@ def check_credentials(settings: AdminSettings) -> Iterable[Finding]:
             "warning",
             "the TikTok credentials were not tried",
             "set PUBLIC_URL, TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET",
+        )
+        return
+    parts = urlsplit(settings.public_url)
+    if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+        yield Finding(
+            "warning",
+            f"the TikTok credentials were not tried: PUBLIC_URL {settings.public_url} is plain http, and the probe "
+            "would send the client secret and the gate secret in the clear",
+            "use the proxy's https address as PUBLIC_URL",
         )
         return
     url = f"{settings.public_url}/proxy/token"
@@ -155,6 +180,12 @@ def probe_finding(response: httpx.Response, settings: AdminSettings) -> Finding:
             "problem",
             "the proxy's gate refused the probe: PROXY_SECRET here is none of the proxy's values",
             "use the same PROXY_SECRET here as on the proxy",
+        )
+    if response.status_code == 401 and description == OWN_SECRET_REFUSAL:
+        return Finding(
+            "problem",
+            "the proxy refused TIKTOK_CLIENT_SECRET: it holds another secret for TIKTOK_CLIENT_KEY",
+            "use the same TIKTOK_CLIENT_SECRET here, on the proxy and in the connection (setup-auth0)",
         )
     if response.status_code == 401 and description == ALLOW_LIST_REFUSAL:
         return Finding(
@@ -218,9 +249,7 @@ def check_connection(settings: AdminSettings, proxy_settings: Settings | None) -
         except AdminError as err:
             yield Finding("problem", str(err))
             return
-    allowed = proxy_settings.allowed_client_keys if proxy_settings else frozenset()
-    proxy_secrets = proxy_settings.proxy_secrets if proxy_settings else frozenset()
-    yield from check_connection_options(settings, connection.get("options") or {}, allowed, proxy_secrets)
+    yield from check_connection_options(settings, connection.get("options") or {}, proxy_settings or Settings())
     if enabled:
         yield Finding("ok", f"the connection is enabled for {len(enabled)} application(s)")
     else:
@@ -231,9 +260,7 @@ def check_connection(settings: AdminSettings, proxy_settings: Settings | None) -
         )
 
 
-def check_connection_options(
-    settings: AdminSettings, options: Mapping[str, Any], allowed: frozenset[str], proxy_secrets: frozenset[str]
-) -> Iterable[Finding]:
+def check_connection_options(settings: AdminSettings, options: Mapping[str, Any], proxy: Settings) -> Iterable[Finding]:
     token_url = str(options.get("tokenURL", ""))
     authorize_url = str(options.get("authorizationURL", ""))
     expected = f"{settings.public_url}/proxy/token" if settings.public_url else None
@@ -307,20 +334,50 @@ def check_connection_options(
             "compare with tiktok_proxy/auth0/fetch-user-profile.js",
         )
 
-    if allowed and options.get("client_id") not in allowed:
+    client_id = options.get("client_id")
+    own_key = bool(proxy.tiktok_client_secret) and client_id == proxy.tiktok_client_key
+    if (
+        (proxy.allowed_client_keys or proxy.tiktok_client_key)
+        and not own_key
+        and client_id not in proxy.allowed_client_keys
+    ):
         yield Finding(
             "problem",
-            "the connection's Client ID is not in ALLOWED_CLIENT_KEYS: the proxy would refuse every login",
-            "add it",
+            "the connection's Client ID is neither TIKTOK_CLIENT_KEY nor in ALLOWED_CLIENT_KEYS: the proxy would "
+            "refuse every login",
+            "add it to ALLOWED_CLIENT_KEYS, or run setup-auth0 with this TIKTOK_CLIENT_KEY",
         )
 
-    yield from check_gate_header(settings, options, proxy_secrets)
+    if own_key:
+        yield from check_own_secret(options, proxy)
+    else:
+        yield from check_gate_header(settings, options, proxy.proxy_secrets)
+
+
+def check_own_secret(options: Mapping[str, Any], proxy: Settings) -> Iterable[Finding]:
+    """The proxy checks the connection's client secret itself: X-Proxy-Secret is not needed. Never printed."""
+    secret = options.get("client_secret")
+    if isinstance(secret, str) and not hmac.compare_digest(secret.encode(), proxy.tiktok_client_secret.encode()):
+        yield Finding(
+            "problem",
+            "the connection's Client Secret is not the proxy's TIKTOK_CLIENT_SECRET: the proxy would refuse every login",
+            "run setup-auth0 with the proxy's TIKTOK_CLIENT_SECRET",
+        )
+    else:
+        yield Finding(
+            "ok",
+            f"the proxy checks the connection's client secret itself: logins and Token Vault's refreshes pass "
+            f"without {GATE_HEADER}",
+        )
 
 
 def check_gate_header(
     settings: AdminSettings, options: Mapping[str, Any], proxy_secrets: frozenset[str]
 ) -> Iterable[Finding]:
-    """Does the header Auth0 sends (customHeaders) open the proxy's gate (PROXY_SECRET)? Values are never printed."""
+    """Does the header Auth0 sends (customHeaders) open the proxy's gate (PROXY_SECRET)? Values are never printed.
+
+    Only for a connection whose client key is not the proxy's own (TIKTOK_CLIENT_KEY): several TikTok apps behind
+    one proxy, or a proxy that holds no TikTok secret."""
     headers = options.get("customHeaders") or {}
     sent = next((value for name, value in headers.items() if name.lower() == GATE_HEADER.lower()), None)
     if not proxy_secrets:
@@ -334,7 +391,8 @@ def check_gate_header(
             yield Finding(
                 "warning",
                 "PROXY_SECRET is not set: anyone who finds the Token URL can use the proxy",
-                "set PROXY_SECRET, then run setup-auth0",
+                "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET on the proxy (it then checks the secret itself), "
+                "or PROXY_SECRET and run setup-auth0",
             )
     elif sent is None:
         yield Finding(

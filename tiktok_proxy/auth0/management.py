@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..config import load_dotenv_from_working_directory
+from ..config import is_loopback, load_dotenv_from_working_directory, own_client, split_scopes
 from ..logs import redact
-from ..tiktok import split_scopes
 
 MANAGEMENT_SCOPES = (
     "read:connections create:connections update:connections read:users read:user_idp_tokens delete:users"
@@ -58,13 +57,15 @@ def load_admin_settings(
         return environ.get(name, "").strip() or default
 
     domain = overrides.get("domain") or get("AUTH0_DOMAIN")
+    # The same reading as the proxy's (config.py): the pair, or neither.
+    tiktok_client_key, tiktok_client_secret = own_client(get("TIKTOK_CLIENT_KEY"), get("TIKTOK_CLIENT_SECRET"))
     settings = AdminSettings(
         auth0_base=auth0_base_url(domain) if domain else "",
         mgmt_client_id=get("AUTH0_MGMT_CLIENT_ID"),
         mgmt_client_secret=get("AUTH0_MGMT_CLIENT_SECRET"),
         mgmt_token=get("AUTH0_MGMT_TOKEN"),
-        tiktok_client_key=get("TIKTOK_CLIENT_KEY"),
-        tiktok_client_secret=get("TIKTOK_CLIENT_SECRET"),
+        tiktok_client_key=tiktok_client_key,
+        tiktok_client_secret=tiktok_client_secret,
         public_url=(overrides.get("public_url") or get("PUBLIC_URL")).rstrip("/"),
         scopes=",".join(split_scopes(get("TIKTOK_SCOPES", "user.info.basic"))),
         connection_name=overrides.get("connection") or get("AUTH0_CONNECTION_NAME", "tiktok"),
@@ -80,7 +81,13 @@ def load_admin_settings(
 def auth0_base_url(domain: str) -> str:
     """A bare domain means https; a full base URL (how the tests reach a stand-in) is used as it is."""
     base = domain.strip().rstrip("/")
-    return base if "://" in base else f"https://{base}"
+    if "://" not in base:
+        return f"https://{base}"
+    parts = urlsplit(base)
+    # The commands send the Management API's client secret there: in the clear only to this machine.
+    if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+        raise AdminError(f"AUTH0_DOMAIN must be https (http only for localhost), got {base}")
+    return base
 
 
 def require(settings: AdminSettings, *names: str) -> None:

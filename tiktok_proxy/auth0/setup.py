@@ -12,7 +12,6 @@ from ..inbound import GATE_HEADER
 from .management import AdminError, AdminSettings, management, require
 
 PROFILE_SCRIPT = Path(__file__).resolve().parent / "fetch-user-profile.js"
-SECRET_OPTIONS = {"client_secret", GATE_HEADER}
 
 
 def desired_options(settings: AdminSettings, use_proxy_authorize: bool) -> dict[str, Any]:
@@ -42,24 +41,36 @@ def merge_options(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> di
     return merged
 
 
+# The only values the change summary prints; every other value is reported as set, changed or removed, never
+# shown: client_secret, customHeaders (the gate's and any other), and whatever else a tenant keeps in options.
+SHOWN_VALUES = frozenset({"authorizationURL", "tokenURL", "scope", "client_id", "upstream_params.client_key.value"})
+PROFILE_SCRIPT_OPTION = "scripts.fetchUserProfile"
+
+
 def describe_changes(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """One line per option that differs, by its dotted name. Secrets are never printed (SHOWN_VALUES)."""
     lines = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
         name = f"{prefix}{key}"
-        if isinstance(old, dict) and isinstance(new, dict):
-            lines += describe_changes(old, new, prefix=f"{name}.")
-        elif key in SECRET_OPTIONS:
-            lines.append(f"  {name}: {'set' if old is None else 'changed'} (hidden)")
-        elif name == "scripts.fetchUserProfile":
-            lines.append(
-                f"  {name}: {'installed' if old is None else 'replaced with'} the shipped fetch-user-profile.js"
+        if isinstance(old, dict) or isinstance(new, dict):
+            # A side that is missing (a new connection, new customHeaders) is an empty object, never a dump.
+            lines += describe_changes(
+                old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}, f"{name}."
             )
-        else:
+        elif name in SHOWN_VALUES:
             lines.append(f"  {name}: {json.dumps(old) if old is not None else '(unset)'} -> {json.dumps(new)}")
+        elif name == PROFILE_SCRIPT_OPTION and new == PROFILE_SCRIPT.read_text():
+            lines.append(f"  {name}: the shipped script, {len(new.splitlines())} lines, {state(old, new, 'installed')}")
+        else:
+            lines.append(f"  {name}: {state(old, new)} (hidden)")
     return lines
+
+
+def state(old: Any, new: Any, added: str = "set") -> str:
+    return added if old is None else "removed" if new is None else "changed"
 
 
 def setup_auth0(
