@@ -14,8 +14,7 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,94 +22,15 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from tiktok_proxy.app import create_app
-from tiktok_proxy.config import ConfigError, Settings, load_settings
-from tiktok_proxy.jose import generate_pem, private_key_bytes
+from tiktok_proxy.config import ConfigError, load_settings
 from tiktok_proxy.sealing import Sealer
 
-from conftest import PROXY_TIMEOUT, ServerThread
-from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, USER_INFO_PATH, TikTokStandIn
+from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, oidc_env
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
-RP_REDIRECT = "http://127.0.0.1:9/rp/callback"  # never contacted: each flow stops at the redirect to it
-OTHER_CLIENT_KEY = "aw2otherclientkey"  # a second TikTok app the proxy serves
-OTHER_CLIENT_SECRET = "other-Client-Secret-value"
 VERIFIER = "a-code-verifier-of-forty-three-characters-at-least-0123456789"
 CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).rstrip(b"=").decode()
-
-
-class LateApp:
-    """An ASGI app set after the server has its port, because PUBLIC_URL (the issuer) names that port."""
-
-    app: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class OIDCProxy:
-    url: str
-    settings: Settings
-    http: httpx.Client  # no redirects followed: each step is looked at
-
-    def sealer(self, purpose: str) -> Sealer:
-        """The proxy's own sealing, to make expired or cross-purpose values a forger could not."""
-        assert self.settings.oidc_key is not None
-        return Sealer(purpose, [private_key_bytes(self.settings.oidc_key)])
-
-
-@pytest.fixture(scope="session")
-def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("oidc-keys")
-    files = {}
-    for name, kind in (("rsa", "rsa"), ("ec", "ec"), ("rsa-next", "rsa"), ("ec-next", "ec")):
-        (folder / f"{name}.pem").write_text(generate_pem(kind))
-        files[name] = str(folder / f"{name}.pem")
-    return files
-
-
-def oidc_env(tiktok_url: str, key_file: str, **changes: str) -> dict[str, str]:
-    return {
-        "TIKTOK_TOKEN_URL": tiktok_url + TOKEN_PATH,
-        "TIKTOK_AUTHORIZE_URL": tiktok_url + AUTHORIZE_PATH,
-        "TIKTOK_USERINFO_URL": tiktok_url + USER_INFO_PATH,
-        "TIKTOK_TIMEOUT": str(PROXY_TIMEOUT),
-        "ALLOWED_CLIENT_KEYS": f"{CLIENT_KEY},{OTHER_CLIENT_KEY}",
-        "OIDC_SIGNING_KEY_FILE": key_file,
-        "OIDC_REDIRECT_URIS": f"{RP_REDIRECT},https://app.example/other-callback",
-        **changes,
-    }
-
-
-@pytest.fixture
-def start_oidc(
-    stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, key_files: dict[str, str]
-) -> Iterator[Callable[..., OIDCProxy]]:
-    """Start a proxy with the facade on: start_oidc(key="ec", OIDC_SUBJECT="union_id", ...)."""
-    _, tiktok_server = stand_in_server
-    tiktok.clients[OTHER_CLIENT_KEY] = OTHER_CLIENT_SECRET
-    started: list[tuple[ServerThread, httpx.Client]] = []
-
-    def start(key: str = "rsa", previous: tuple[str, ...] = (), **changes: str) -> OIDCProxy:
-        late = LateApp()
-        server = ServerThread(late)
-        env = oidc_env(tiktok_server.url, key_files[key], PUBLIC_URL=server.url, **changes)
-        if previous:
-            env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(key_files[name] for name in previous)
-        settings = load_settings(env)
-        late.app = create_app(settings)
-        server.__enter__()
-        tiktok.redirect_uris.add(settings.public_url + "/oidc/callback")  # the one URI registered at TikTok
-        http = httpx.Client(timeout=10)
-        started.append((server, http))
-        return OIDCProxy(settings.public_url, settings, http)
-
-    yield start
-    for server, http in started:
-        http.close()
-        server.__exit__()
-    del tiktok.clients[OTHER_CLIENT_KEY]
 
 
 def authorize_params(**changes: str) -> dict[str, str]:
@@ -135,6 +55,11 @@ def query_of(response: httpx.Response) -> dict[str, str]:
 
 def sign_in(proxy: OIDCProxy, decision: str = "authorize", **changes: str) -> dict[str, str]:
     """Authorize → TikTok's consent page → its button → the proxy's callback; the query the RP gets back."""
+    return come_back(proxy, consent(proxy, decision, **changes))
+
+
+def consent(proxy: OIDCProxy, decision: str = "authorize", **changes: str) -> str:
+    """The first steps: the URL of the proxy's callback that TikTok redirects the browser to."""
     http = proxy.http
     to_tiktok = http.get(proxy.url + "/oidc/authorize", params=authorize_params(**changes))
     assert to_tiktok.status_code == 302, to_tiktok.text
@@ -145,8 +70,12 @@ def sign_in(proxy: OIDCProxy, decision: str = "authorize", **changes: str) -> di
     tiktok_url = to_tiktok.headers["location"].split("?")[0]
     back = http.post(tiktok_url, data={"consent": consent.group(1), "decision": decision})
     assert back.headers["location"].startswith(proxy.url + "/oidc/callback?")
-    to_rp = http.get(back.headers["location"])
-    assert to_rp.headers["location"].startswith(RP_REDIRECT + "?")
+    return back.headers["location"]
+
+
+def come_back(proxy: OIDCProxy, callback: str) -> dict[str, str]:
+    to_rp = proxy.http.get(callback)
+    assert to_rp.headers["location"].startswith(RP_REDIRECT + "?"), to_rp.text
     return query_of(to_rp)
 
 
@@ -540,6 +469,23 @@ def test_an_unknown_client_is_refused_at_the_token_endpoint(
     assert token_requests(tiktok) == 0
 
 
+def test_a_key_rotation_keeps_logins_in_flight(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc(key="rsa")
+    (old,) = proxy.http.get(proxy.url + "/oidc/jwks").json()["keys"]
+    in_flight = [consent(proxy), consent(proxy)]  # at TikTok when the key changes
+    proxy.rotate("ec-next", previous=("rsa",))
+    new, previous = proxy.http.get(proxy.url + "/oidc/jwks").json()["keys"]
+    assert previous == old and new["alg"] == "ES256"  # the new key first; the old one still published
+    code = come_back(proxy, in_flight[0])["code"]
+    id_token = redeem(proxy, code).json()["id_token"]
+    header = json.loads(base64.urlsafe_b64decode(id_token.split(".")[0] + "=="))
+    assert (header["alg"], header["kid"]) == ("ES256", new["kid"])  # the new key signs
+    # Once the old key is dropped, what it sealed no longer opens.
+    proxy.rotate("ec-next")
+    answer = proxy.http.get(in_flight[1])
+    assert answer.status_code == 400 and "the sign-in state is not valid" in answer.text
+
+
 # ------------------------------------------------------------------------------------------------- userinfo
 
 
@@ -576,15 +522,9 @@ def test_no_code_token_state_or_secret_in_any_log_line(
     caplog.set_level(logging.DEBUG)
     proxy = start_oidc()
     http = proxy.http
-    to_tiktok = http.get(proxy.url + "/oidc/authorize", params=authorize_params())
-    page = http.get(to_tiktok.headers["location"])
-    consent = re.search(r'name="consent" value="([^"]+)"', page.text)
-    assert consent
-    back = http.post(
-        to_tiktok.headers["location"].split("?")[0], data={"consent": consent.group(1), "decision": "authorize"}
-    )
-    callback = dict(parse_qsl(urlsplit(back.headers["location"]).query))
-    code = query_of(http.get(back.headers["location"]))["code"]
+    callback_url = consent(proxy)
+    callback = dict(parse_qsl(urlsplit(callback_url).query))
+    code = come_back(proxy, callback_url)["code"]
     tokens = redeem(proxy, code).json()
     refreshed = http.post(
         proxy.url + "/oidc/token",
