@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -9,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -142,6 +145,60 @@ def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     kinds: list[str] = []
     monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
     return kinds
+
+
+# ------------------------------------------------------------------------------ browser journeys
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",  # nothing leaves this machine
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is not installed: run scripts/setup-tests")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-tests (it installs Debian's chromium)")
+    if shutil.which("node") is None:
+        pytest.fail("Node.js is missing: the Auth0 stand-in runs the profile script with it")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Any]:
+    # Way A's redirect goes through the proxy's https address, whose certificate the test CA issued.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 880, "height": 420})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("JOURNEY_ARTIFACTS") or tmp_path_factory.mktemp("journeys"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(tab: Any, artifacts: Path, name: str, docs_name: str = "") -> None:
+    tab.screenshot(path=str(artifacts / f"{name}.png"))
+    if docs_name and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        (REPO / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
+        shutil.copy(artifacts / f"{name}.png", REPO / "docs" / "screenshots" / f"{docs_name}.png")
 
 
 # ------------------------------------------------------------------------- the OpenID Connect facade

@@ -388,8 +388,16 @@ def refused_page(err: OAuthError, event: str, client_id: str | None) -> Response
     """A request that cannot be sent back to a trusted redirect_uri: a page for the person, never a redirect."""
     finish(event, 400, err.error, client_id)
     return HTMLResponse(
-        "<!doctype html><meta charset=utf-8><title>Sign-in failed</title><h1>Sign-in failed</h1>"
-        f'<p id="error">{escape(err.description)}</p>',
+        f"<!doctype html><meta charset=utf-8><title>Sign-in failed</title><style>{PAGE_STYLE}</style><main>"
+        f'<h1>Sign-in failed</h1><p id="error">{escape(err.description)}</p>'
+        "<p>Go back to the application and sign in again. If this keeps happening, tell its administrator.</p></main>",
         status_code=400,
         headers=NO_STORE,
     )
+
+
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;background:#f4f4f6;color:#161823;margin:0;display:grid;"
+    "place-items:center;min-height:100vh}main{background:#fff;padding:2rem 2.5rem;border-radius:12px;"
+    "max-width:36rem}#error{background:#fff0f1;border-left:4px solid #fe2c55;padding:.8rem 1rem}"
+)

@@ -33,7 +33,6 @@ a.tiktok { display: inline-block; background: #161823; color: #fff; padding: .8r
 a.tiktok::before { content: "\\266A  "; color: #25f4ee; }
 .error { background: #fff0f1; border-left: 4px solid #fe2c55; padding: .8rem 1rem; border-radius: 4px; }
 .muted { color: #6b6d76; font-size: .9rem; }
-img { border-radius: 50%; width: 48px; height: 48px; vertical-align: middle; margin-right: .6rem; background: #ddd; }
 """
 
 
@@ -108,7 +107,7 @@ class AuthlibRelyingParty:
             )
             return page(
                 "Acme notes",
-                f'<h1>Welcome to Acme notes</h1><p id="who"><img src="data:," alt="">Signed in as '
+                f'<h1>Welcome to Acme notes</h1><p id="who">Signed in as '
                 f"<b>{escape(claims['name'])}</b></p>{username}"
                 f'<p class="muted" id="sub">sub {escape(claims["sub"])}, from {escape(claims["iss"])}</p>',
             )
