@@ -1,22 +1,37 @@
-"""The documentation stays true: every variable the code reads is documented, and .env.example loads."""
+"""The documentation stays true: every variable the code reads is documented, .env.example loads, the README stays
+a short front page whose links land, and the site under docs/ builds strictly and needs no network."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from dotenv import dotenv_values
 
 from tiktok_proxy.auth0.management import load_admin_settings
 from tiktok_proxy.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIGURATION_PAGE = REPO / "docs" / "configuration.md"
+README_MAX_LINES = 300
 
 
 def variables_read_by_the_code() -> set[str]:
     names = set()
     for source in (REPO / "tiktok_proxy").rglob("*.py"):
         names |= set(re.findall(r'\b(?:raw|get)\("([A-Z][A-Z0-9_]+)"', source.read_text()))
+    return names
+
+
+def variables_in_the_configuration_tables() -> set[str]:
+    """The names in the first column of the configuration page's tables (a cell may name two: `A`, `B`)."""
+    names = set()
+    for row in re.findall(r"^\| (`[A-Z][^|]*?) \|", CONFIGURATION_PAGE.read_text(), re.MULTILINE):
+        names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", row))
     return names
 
 
@@ -31,12 +46,19 @@ def test_the_code_reads_the_variables_we_expect() -> None:
     } <= variables_read_by_the_code()
 
 
-def test_every_variable_is_in_env_example_and_the_readme() -> None:
+def test_the_configuration_tables_are_read_as_we_expect() -> None:
+    # Guards the check below: both tables, and a cell naming two variables, are seen; prose is not.
+    documented = variables_in_the_configuration_tables()
+    assert {"HOST", "PROXY_SECRET", "HTTPS_PROXY", "NO_PROXY", "AUTH0_DOMAIN", "TIKTOK_CLIENT_SECRET"} <= documented
+    assert "PROMETHEUS_MULTIPROC_DIR" not in documented  # set by the proxy, not by you; named only in prose
+
+
+def test_every_variable_is_in_env_example_and_the_configuration_page() -> None:
     example = dotenv_values(REPO / ".env.example")
-    readme = (REPO / "README.md").read_text()
+    documented = variables_in_the_configuration_tables()
     for name in variables_read_by_the_code():
         assert name in example, f"{name} is missing from .env.example"
-        assert f"`{name}`" in readme, f"{name} is missing from the README's configuration tables"
+        assert name in documented, f"{name} is missing from the tables in docs/configuration.md"
 
 
 def test_env_example_loads_as_it_is() -> None:
@@ -52,7 +74,56 @@ def test_ci_runs_the_readmes_test_command() -> None:
         r"```sh\n# install the proxy and start it\n(.+)\n# install what the tests need and run them\n(.+)\n```", readme
     )
     assert commands, "README.md must open with the two commands"
+    assert readme.index(commands.group(0)) < readme.index("\n## "), "the two commands come before any section"
     assert "pip install -r requirements.txt" in commands.group(1) and "proxy.py" in commands.group(1)
     assert "scripts/test" in commands.group(2)
-    assert ".venv/bin/python -m pytest" in (REPO / "scripts" / "test").read_text()
+    test_script = (REPO / "scripts" / "test").read_text()
+    assert ".venv/bin/python -m pytest" in test_script
+    assert ".venv/bin/mkdocs build --strict" in test_script
     assert "# install what the tests need and run them" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_readme_stays_a_front_page() -> None:
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move reference material into docs/"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built the way scripts/test builds it: strict, so any broken link, anchor or page fails it."""
+    out = tmp_path_factory.mktemp("site")
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # without Material's banner about MkDocs 2.0
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+def test_the_site_needs_no_network(site: Path) -> None:
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 15
+    for page in pages:
+        html = page.read_text()
+        assert "fonts.googleapis" not in html and "fonts.gstatic" not in html, f"{page} loads Google Fonts"
+        # Scripts, stylesheets and icons come from the site itself; only links a reader follows may leave it.
+        fetched = re.findall(r"<script\b[^>]*>|<link\b(?![^>]*\brel=\"(?:canonical|alternate)\")[^>]*>", html)
+        external = [tag for tag in fetched if re.search(r'\b(?:src|href)="(?:https?:)?//', tag)]
+        assert not external, f"{page} fetches {external}"
+
+
+def test_the_readmes_links_land(site: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(((?!https?://)[^)#]+)(?:#([^)]+))?\)", readme)
+    assert len(links) > 10  # guards the pattern
+    for target, anchor in links:
+        assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
+        if anchor:
+            # mkdocs renders docs/x/y.md as x/y/index.html, and docs/index.md as index.html.
+            page = site / Path(target).relative_to("docs").with_suffix("") / "index.html"
+            page = site / "index.html" if target == "docs/index.md" else page
+            assert f'id="{anchor}"' in page.read_text(), f"README.md: {target} has no heading #{anchor}"

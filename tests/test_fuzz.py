@@ -2,7 +2,7 @@
 
 FUZZ_EXAMPLES sets the examples per test (default 400, about 10 seconds); try FUZZ_EXAMPLES=5000 for a
 long run. The invariants: every answer is well-formed JSON with `error` and `error_description` (or a token,
-or the authorize redirect), its status is one the README documents, nothing secret is echoed or logged, log
+or the authorize redirect), its status is one docs/client-answers.md documents, nothing secret is echoed or logged, log
 lines cannot be forged, TikTok is never called for a request the proxy refused, and the server stays up.
 """
 

@@ -92,14 +92,18 @@ def refusals(caplog: pytest.LogCaptureFixture, reason: str) -> list[str]:
 # ------------------------------------------------------------------------------- the request deadline
 
 
-def test_a_client_that_sends_nothing_is_cut_at_the_deadline(
+def test_a_connection_that_sends_nothing_is_closed_silently_at_the_deadline(
     limited: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """As nginx does: no unsolicited 408, which a front door that opened the connection ahead of time would take
+    for the answer to the request it is just sending."""
+    caplog.set_level(logging.DEBUG, logger="tiktok_proxy")
     with connect(limited) as sock, timer() as elapsed:
         raw = read_to_end(sock)
         assert 0.8 <= elapsed() <= 3
-    assert_refusal(raw, 408)
-    assert refusals(caplog, "deadline") == ["event=refused reason=deadline status=408 phase=nothing request_timeout=1"]
+    assert raw == b""
+    assert not refusals(caplog, "deadline")
+    assert "event=closed reason=no_request request_timeout=1" in proxy_lines(caplog)
 
 
 def test_a_dripped_head_is_cut_at_the_deadline_however_often_data_arrives(
@@ -221,6 +225,8 @@ def test_past_max_connections_new_ones_get_a_fast_503_and_a_few_warnings(
     settings = replace(base_settings, request_timeout=5, max_connections=5)
     with ServerThread(create_app(settings), http=serving.protocol_for(settings)) as server:
         held = [connect(server) for _ in range(5)]
+        for sock in held:  # each in the middle of a request: busy, so none can make room
+            sock.sendall(b"POST /proxy/token HTTP/1.1\r\n")
         time.sleep(0.2)
         for _ in range(30):
             with connect(server) as sock, timer() as elapsed:
@@ -241,6 +247,94 @@ def test_past_max_connections_new_ones_get_a_fast_503_and_a_few_warnings(
     counted = [int(record.getMessage().split("connections_refused=")[1].split()[0]) for record in warnings]
     assert sum(counted) == 30  # every refusal is counted in some line: none is dropped silently
     assert "max_connections=5" in warnings[0].getMessage()
+
+
+def exchange_on(sock: socket.socket, tiktok: TikTokStandIn, *, close: bool = False) -> dict[str, str]:
+    """One token exchange on an open connection, as Auth0 sends it; the answer's JSON."""
+    form = f"grant_type=authorization_code&client_id={CLIENT_KEY}&client_secret={CLIENT_SECRET}"
+    form += f"&code={tiktok.issue_code()}&redirect_uri={REDIRECT_URI}"
+    head = "POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    head += f"Content-Length: {len(form)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+    sock.sendall(head.encode() + form.encode())
+    return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> dict[str, str]:
+    """One answer framed by Content-Length, leaving the connection open."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before an answer: {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *([0-9]+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200 "), raw
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def test_at_max_connections_the_longest_idle_connection_makes_room(
+    base_settings: Settings, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Long keep-alive must not starve the cap: as nginx does, the connection idle the longest is closed to admit
+    a new one, and only when none is idle is a new one refused."""
+    settings = replace(base_settings, request_timeout=5, max_connections=3)
+    with ServerThread(create_app(settings), http=serving.protocol_for(settings)) as server:
+        caplog.set_level(logging.DEBUG, logger="tiktok_proxy")  # after the lifespan set LOG_LEVEL
+        kept = [connect(server) for _ in range(3)]
+        for sock in kept:  # each served once and kept alive, the first one idle the longest
+            assert exchange_on(sock, tiktok)["access_token"].startswith("act.")
+            time.sleep(0.05)
+        with connect(server) as newcomer:
+            assert exchange_on(newcomer, tiktok, close=True)["access_token"].startswith("act.")
+        assert kept[0].recv(1) == b""  # closed silently, with no answer it did not ask for
+        for sock in kept[1:]:  # the others were left alone and still serve
+            assert exchange_on(sock, tiktok)["access_token"].startswith("act.")
+        extra = connect(server)  # the third place again
+        for sock in [*kept[1:], extra]:  # all busy in the middle of a request: no room can be made
+            sock.sendall(b"POST /proxy/token HTTP/1.1\r\n")
+        time.sleep(0.1)
+        with connect(server) as refused:
+            refused.sendall(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+            assert_refusal(read_to_end(refused), 503, "temporarily_unavailable")
+        extra.close()
+        for sock in kept:
+            sock.close()
+    assert len([line for line in proxy_lines(caplog) if line == "event=closed reason=idle_at_max_connections"]) == 1
+
+
+def test_an_idle_connection_with_a_request_on_its_way_is_not_the_one_closed(
+    base_settings: Settings, tiktok: TikTokStandIn
+) -> None:
+    """An idle connection whose next request already waits in its socket is busy, not idle: it keeps its place."""
+    settings = replace(base_settings, request_timeout=5, max_connections=2)
+    protocol = serving.protocol_for(settings)
+    with ServerThread(create_app(settings), http=protocol) as server:
+        first, second = connect(server), connect(server)
+        assert exchange_on(first, tiktok)["access_token"]
+        assert exchange_on(second, tiktok)["access_token"]
+        time.sleep(0.1)
+        # Freeze the server's loop, so that the request sent now waits unread when the newcomer arrives.
+        pause = threading.Event()
+        resumed = threading.Event()
+        loop = next(iter(protocol.limits.idle)).loop  # the server thread's: block it with a callback
+        loop.call_soon_threadsafe(lambda: (pause.set(), resumed.wait(5)))
+        assert pause.wait(5)
+        form = f"grant_type=authorization_code&client_id={CLIENT_KEY}&client_secret={CLIENT_SECRET}"
+        form += f"&code={tiktok.issue_code()}&redirect_uri={REDIRECT_URI}"
+        first.sendall(
+            b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(form)}\r\n\r\n{form}".encode()
+        )
+        newcomer = connect(server)
+        time.sleep(0.1)
+        resumed.set()
+        assert read_answer(first)["access_token"].startswith("act.")  # first was idle longest, but busy
+        assert second.recv(1) == b""  # so the other idle one made room
+        assert exchange_on(newcomer, tiktok, close=True)["access_token"].startswith("act.")
+        for sock in (first, second, newcomer):
+            sock.close()
 
 
 # ------------------------------------------------------------------------------- answering, then closing
@@ -331,6 +425,7 @@ def test_the_limits_hold_however_the_proxy_is_started(
             client.join(30)
         assert vm_hwm_kib(process.pid) - before < 6 * 1024
         with connect(port) as sock, timer() as elapsed:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             assert_refusal(read_to_end(sock), 408)
             assert 0.8 <= elapsed() <= 3
     finally:
@@ -338,7 +433,10 @@ def test_the_limits_hold_however_the_proxy_is_started(
         output, _ = process.communicate(timeout=15)
     assert "event=refused reason=head status=431" in output
     assert "event=refused reason=deadline status=408" in output
-    assert "event=serving_limits request_timeout=1.0 max_connections=480 open_file_limit=1024" in output
+    assert (
+        "event=serving_limits request_timeout=1.0 keep_alive_timeout=75 max_connections=426 open_file_limit=1024"
+        in output
+    )
     assert "is not well below this process's open-file limit" not in output
     assert "Traceback" not in output and MARKER not in output
 
@@ -350,7 +448,7 @@ def test_a_max_connections_too_close_to_the_open_file_limit_is_named(tmp_path: P
     assert "MAX_CONNECTIONS=1000 is not well below this process's open-file limit (1024)" in result.stderr
 
 
-@pytest.mark.parametrize(("open_files", "expected"), [(1024, 480), (4096, 1000), (20000, 1000), (100, 18), (10, 1)])
+@pytest.mark.parametrize(("open_files", "expected"), [(1024, 426), (4096, 1000), (20000, 1000), (100, 16), (10, 1)])
 def test_max_connections_follows_the_open_file_limit(open_files: int, expected: int) -> None:
     assert automatic_max_connections(open_files) == expected
 

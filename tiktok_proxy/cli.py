@@ -69,6 +69,7 @@ def serve(host: str | None, port: int | None) -> None:
         port=port or settings.port,
         workers=settings.workers,
         log_config=logging_config(settings.log_level, settings.log_format),
+        timeout_keep_alive=settings.keep_alive_timeout,  # serving.py applies it too, under any start
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
         # On SIGTERM: stop accepting, let in-flight exchanges finish; none can outlast TIKTOK_TIMEOUT.
         timeout_graceful_shutdown=math.ceil(settings.timeout) + 1,

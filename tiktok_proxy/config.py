@@ -43,6 +43,9 @@ class Settings:
     # Serving limits (tiktok_proxy/serving.py): the whole request within this many seconds, and at most this
     # many open connections per worker.
     request_timeout: float = 10.0
+    # Idle seconds a kept-alive connection stays open between requests: above the front doors' own idle timeouts
+    # (AWS ALB 60 s, nginx 60 s, Go's http.Transport 90 s), so that the front door, never the proxy, closes it.
+    keep_alive_timeout: int = 75
     max_connections: int = 0  # 0: automatic, 1000 or less, well below the open-file limit (serving.py)
     # The gate: when set, token and revoke requests must carry X-Proxy-Secret with one of these values.
     proxy_secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
@@ -85,6 +88,7 @@ GOOD_VALUES = {
     "WEB_CONCURRENCY": "a whole number of workers from 1 to 64, e.g. 2",
     "LOG_FORMAT": "plain or json",
     "REQUEST_TIMEOUT": "seconds from 1 to 300, e.g. 10",
+    "KEEP_ALIVE_TIMEOUT": "whole seconds from 1 to 3600, above your front door's idle timeout, e.g. 75 (620 for Google's load balancers)",
     "MAX_CONNECTIONS": "connections per worker from 1 to 100000, well below the open-file limit (0: automatic)",
     "PROXY_SECRET": "comma-separated random values of 16 or more characters, e.g. from: openssl rand -hex 32",
     "METRICS_TOKEN": "a random value of 16 or more characters, e.g. from: openssl rand -hex 32",
@@ -123,6 +127,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=one_of("LOG_FORMAT", raw("LOG_FORMAT") or defaults.log_format, ("plain", "json")),
         workers=bounded(int, "WEB_CONCURRENCY", raw("WEB_CONCURRENCY"), defaults.workers, 1, 64),
         request_timeout=bounded(float, "REQUEST_TIMEOUT", raw("REQUEST_TIMEOUT"), defaults.request_timeout, 1, 300),
+        keep_alive_timeout=bounded(
+            int, "KEEP_ALIVE_TIMEOUT", raw("KEEP_ALIVE_TIMEOUT"), defaults.keep_alive_timeout, 1, 3600
+        ),
         max_connections=bounded(int, "MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), defaults.max_connections, 0, 100_000),
         proxy_secrets=proxy_secrets(raw("PROXY_SECRET")),
         metrics_token=secret_value("METRICS_TOKEN", raw("METRICS_TOKEN") or ""),

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import math
 import resource
+import select
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
@@ -31,17 +32,36 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
 RETRY_AFTER_SECONDS = 5
 WARN_EVERY_SECONDS = 5.0  # at most one "connections refused" line this often
+IDLE_CHECKS = 8  # idle connections looked at, at most, to admit one new connection at MAX_CONNECTIONS
 
 
 @dataclass
 class Limits:
-    """One server's limits, and the connections it refused since its last warning."""
+    """One server's limits, its idle connections, and the connections it refused since its last warning."""
 
     request_timeout: float
     max_connections: int
+    keep_alive_timeout: int
+    max_lingering: int  # refused connections being read before their close, at most
+    lingering: int = 0
+    # Connections waiting for a request (new, or kept alive between requests), the longest idle first.
+    idle: dict[LimitedProtocol, None] = field(default_factory=dict)
     refused: int = 0
     warned_at: float = -math.inf
     warning: asyncio.TimerHandle | None = None
+
+    def close_longest_idle(self) -> bool:
+        """At MAX_CONNECTIONS, make room as nginx does: close the connection idle the longest, unless what it has
+        sent is already waiting to be read (a request on its way). False when no connection is idle."""
+        for connection in list(self.idle)[:IDLE_CHECKS]:
+            del self.idle[connection]
+            if connection.raw.is_closing() or _readable(connection.raw):
+                continue
+            connection.connections.discard(connection)  # its place goes to the new connection now
+            log_event(logging.DEBUG, event="closed", reason="idle_at_max_connections")
+            connection.raw.close()
+            return True
+        return False
 
     def count_refusal(self, loop: asyncio.AbstractEventLoop) -> None:
         self.refused += 1
@@ -63,7 +83,10 @@ class Limits:
 
 
 class LimitedProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol, plus the limits. Every close goes through `_close`, via the transport wrapper."""
+    """HttpToolsProtocol, plus the limits. Every close goes through `_close`, via the transport wrapper.
+
+    Answers go out in request order: a refusal for a later, pipelined request (400, 431) waits until the answers
+    before it are written (`held`), and nothing more is read meanwhile."""
 
     limits: ClassVar[Limits]
 
@@ -75,9 +98,16 @@ class LimitedProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        # KEEP_ALIVE_TIMEOUT, however the server was started: uvicorn's own default (5 s) is below every front
+        # door's idle timeout, and a front door that reuses a connection as it closes loses a POST (a 502).
+        self.timeout_keep_alive = self.limits.keep_alive_timeout
         self.deadline: asyncio.TimerHandle | None = None
         self.in_head = True  # the next bytes received belong to a request head
         self.head_bytes = 0
+        self.keep_alive_once_read = False  # what the request asked for, granted once its whole body is in
+        self.close_when_answered = False  # shutting down, or the client half-closed: end after the answers due
+        self.held: bytes | None = None  # a refusal waiting for the answers before it
+        self.refused = False  # over MAX_CONNECTIONS: answered 503, not among the connections served
         self.lingering: asyncio.TimerHandle | None = None
         self.discarded = 0
 
@@ -86,8 +116,9 @@ class LimitedProtocol(HttpToolsProtocol):
         # uvicorn closes the transport itself (after a `Connection: close` answer, a parse error...): the
         # wrapper routes those closes through _close, which lingers when the client may still be sending.
         super().connection_made(_ClosesThrough(transport, self))  # type: ignore[arg-type]
-        if len(self.connections) > self.limits.max_connections:
+        if len(self.connections) > self.limits.max_connections and not self.limits.close_longest_idle():
             self.connections.discard(self)  # the cap counts connections being served, not those refused
+            self.refused = True
             self._answer(503, "temporarily_unavailable", "the proxy has too many open connections; retry shortly",
                          {"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
             metrics.refused("full")
@@ -95,15 +126,30 @@ class LimitedProtocol(HttpToolsProtocol):
             self._linger()  # the client's request may be in flight: read it, or the close would reset the 503
             return
         self._arm_deadline()
+        self.limits.idle[self] = None  # waiting for its first request
 
     def shutdown(self) -> None:
         self.limits.flush()  # the server is stopping: the refusals not yet in a warning go in one now
-        super().shutdown()
+        if self.in_head and not self.head_bytes and self._can_answer() and self.held is None:
+            super().shutdown()  # idle: close now
+        else:  # a request is arriving or being answered: it gets its answer within the grace period, then the end
+            self._close_when_answered()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows a bool
+        # A client may half-close once its requests are sent: stay open to answer them, then close.
+        owed = self.lingering is None and self.in_head and (not self._can_answer() or self.held is not None)
+        if not owed:
+            return None  # nothing to answer, or a request that can no longer complete: close
+        self._close_when_answered()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self.deadline, self.lingering):
             if timer is not None:
                 timer.cancel()
+        if self.lingering is not None and self.refused:
+            self.limits.lingering -= 1
+        self.limits.idle.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -112,11 +158,15 @@ class LimitedProtocol(HttpToolsProtocol):
             if self.discarded > LINGER_BYTES:
                 self.raw.close()
             return
+        if self.held is not None:
+            self.raw.pause_reading()  # uvicorn resumed reading for a request of its own: the refusal still waits
+            return
+        self.limits.idle.pop(self, None)
         if self.deadline is None and self._can_answer():
             self._arm_deadline()  # a new request on a kept-alive connection: its time starts now
         # The parser buffers a header line that never ends, so it gets at most MAX_HEAD_BYTES of a head; the rest
         # goes in slices too, so that a request ending mid-read leaves at most one slice of the next head uncounted.
-        while data and not self.transport.is_closing():
+        while data and self.held is None and not self.transport.is_closing():
             room = MAX_HEAD_BYTES - self.head_bytes if self.in_head else MAX_HEAD_BYTES
             if room == 0:
                 self._refuse_head()
@@ -134,21 +184,41 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         super().on_headers_complete()
+        # Keep-alive is earned by reading the whole request: an answer that goes out before the body is all in
+        # (the gate's 401, a 413, a 404) carries `Connection: close`, and the connection ends after it.
+        if self.cycle is not None:
+            self.keep_alive_once_read = self.cycle.keep_alive and not self.close_when_answered
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
         self.in_head, self.head_bytes = True, 0
+        if self.cycle is not None and not self.cycle.response_started:
+            self.cycle.keep_alive = self.keep_alive_once_read and not self.close_when_answered
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if not self.in_head and not self.pipeline:
-            self.transport.close()  # answered before the whole body arrived (413, 401...): end, lingering
-        super().on_response_complete()
-        if not self.transport.is_closing() and (self.head_bytes or not self.in_head) and self.deadline is None:
+        super().on_response_complete()  # starts the next pipelined request, if one is waiting
+        if self.transport.is_closing() or not self._can_answer():
+            return
+        if self.held is not None:  # the answers before the refusal are out: now the refusal, then the end
+            self.raw.write(self.held)
+            self._linger()
+        elif self.close_when_answered:
+            self.transport.close()
+        elif self.head_bytes and self.deadline is None:
             self._unset_keepalive_if_required()  # not idle: the next request began while this one was answered
             self._arm_deadline()
+        elif not self.head_bytes:
+            self.limits.idle[self] = None
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP/1.1 (text/plain there): an OAuth error in JSON here."""
+        log_event(logging.WARNING, event="refused", reason="malformed", status=400)
+        metrics.refused("malformed")
+        self._refuse(400, "invalid_request", "the request is not valid HTTP/1.1")
 
     def _can_answer(self) -> bool:
         """No other answer is under way on this connection, so one can be written without cutting into it."""
@@ -157,14 +227,25 @@ class LimitedProtocol(HttpToolsProtocol):
             cycle is None or cycle.response_complete or not (self.in_head or cycle.response_started)
         )
 
+    def _close_when_answered(self) -> None:
+        self.close_when_answered = True
+        if self.cycle is not None and not self.cycle.response_started:
+            self.cycle.keep_alive = False
+
     def _arm_deadline(self) -> None:
         # Armed once per request and not reset by incoming data: a client that drips its request is cut too.
         self.deadline = self.loop.call_later(self.limits.request_timeout, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self.deadline = None
-        phase = "body" if not self.in_head else "head" if self.head_bytes else "nothing"
         seconds = self.limits.request_timeout
+        if self.in_head and not self.head_bytes:
+            # Not a request: close without a word, as nginx does. A front door that opened this connection ahead
+            # of time would take an unsolicited 408 for the answer to the request it is just sending.
+            log_event(logging.DEBUG, event="closed", reason="no_request", request_timeout=seconds)
+            self.raw.close()
+            return
+        phase = "body" if not self.in_head else "head"
         if self._can_answer():
             description = f"the whole request must arrive within {seconds:g} s (REQUEST_TIMEOUT)"
             self._answer(408, "invalid_request", description)
@@ -175,18 +256,31 @@ class LimitedProtocol(HttpToolsProtocol):
         self.raw.close()  # no lingering: the client has had its time
 
     def _refuse_head(self) -> None:
-        if self._can_answer():
-            self._answer(431, "invalid_request", f"the request head is over {MAX_HEAD_BYTES} bytes")
         log_event(logging.WARNING, event="refused", reason="head", status=431, max_head_bytes=MAX_HEAD_BYTES)
         metrics.refused("head")
-        self.transport.close()  # lingering: the client is still sending its head
+        self._refuse(431, "invalid_request", f"the request head is over {MAX_HEAD_BYTES} bytes")
+
+    def _refuse(self, status: int, error: str, description: str) -> None:
+        """Answer with this error and end the connection, after the answers owed to the requests before it."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self._can_answer():
+            self._answer(status, error, description)
+            self._linger()  # the client may still be sending
+        else:
+            self.held = self._answer_bytes(status, error, description)
+            self.raw.pause_reading()  # nothing more is read until the answers before it are out
 
     def _answer(self, status: int, error: str, description: str, headers: dict[str, str] | None = None) -> None:
-        """Write a whole OAuth error answer (errors.OAuthError's JSON) straight to the transport."""
+        self.raw.write(self._answer_bytes(status, error, description, headers))
+
+    def _answer_bytes(self, status: int, error: str, description: str, headers: dict[str, str] | None = None) -> bytes:
+        """A whole OAuth error answer (errors.OAuthError's JSON) that ends the connection."""
         response = OAuthError(status, error, description, headers={**(headers or {}), "Connection": "close"}).response()
         fields = self.server_state.default_headers + response.raw_headers
         head = b"".join(name + b": " + value + b"\r\n" for name, value in fields)
-        self.raw.write(STATUS_LINE[status] + head + b"\r\n" + response.body)
+        return STATUS_LINE[status] + head + b"\r\n" + response.body
 
     def _close(self) -> None:
         if self.lingering is not None or self.raw.is_closing():
@@ -198,16 +292,25 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def _linger(self) -> None:
         """Stop writing, read and drop what the client still sends, then close. Closing with unread data makes
-        the kernel reset the connection, and a client still sending its request often never reads the answer."""
+        the kernel reset the connection, and a client still sending its request often never reads the answer.
+
+        Refused connections linger outside MAX_CONNECTIONS, so their number is capped too (`max_lingering`): past
+        it they close at once, and the open files stay within the budget that MAX_CONNECTIONS was derived from."""
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
         self._unset_keepalive_if_required()
+        self.limits.idle.pop(self, None)
         if not self.raw.can_write_eof():  # TLS cannot half-close
             self.raw.close()
             return
+        if self.refused:
+            if self.limits.lingering >= self.limits.max_lingering:
+                self.raw.close()
+                return
+            self.limits.lingering += 1
         self.raw.write_eof()  # sent once the answer is out
-        self.flow.resume_reading()
+        self.raw.resume_reading()
         self.lingering = self.loop.call_later(LINGER_SECONDS, self.raw.close)
 
 
@@ -227,14 +330,33 @@ class _ClosesThrough:
         return getattr(self.transport, name)
 
 
+def _readable(transport: asyncio.Transport) -> bool:
+    """Whether bytes (or an EOF) wait on this connection's socket, without blocking."""
+    poller = select.poll()
+    poller.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 DEFAULT_MAX_CONNECTIONS = 1000
-SPARE_FILES = 64  # the listening socket, logs, the metrics files, a few idle connections to TikTok
+SPARE_FILES = 64  # the listening socket, logs, the metrics files, connections accepted but not yet refused
+
+
+def max_lingering(max_connections: int) -> int:
+    return max(1, max_connections // 4)
+
+
+def open_files_needed(max_connections: int) -> int:
+    """The open files MAX_CONNECTIONS can take: each connection served can hold a second one, to TikTok; refused
+    connections still lingering; and the spare files."""
+    return 2 * max_connections + max_lingering(max_connections) + SPARE_FILES
 
 
 def automatic_max_connections(open_file_limit: int) -> int:
-    """MAX_CONNECTIONS unset: 1000, or fewer where the open-file limit is low (1024 on many laptops). A connection
-    can hold a second one, to TikTok, and past the open-file limit accepting fails with no answer at all."""
-    return max(1, min(DEFAULT_MAX_CONNECTIONS, (open_file_limit - SPARE_FILES) // 2))
+    """MAX_CONNECTIONS unset: 1000, or fewer where the open-file limit is low (1024 on many laptops), so that
+    the proxy never reaches it: past the open-file limit, accepting fails with no answer at all, and accepted
+    exchanges can no longer connect to TikTok."""
+    fits = (open_file_limit - SPARE_FILES) * 4 // 9  # the largest n with open_files_needed(n) <= the limit
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, fits))
 
 
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:
@@ -247,17 +369,20 @@ def protocol_for(settings: Settings) -> type[LimitedProtocol]:
     # Under `uvicorn proxy:app`, nothing handles the proxy's logger until the app starts: say it through uvicorn's.
     out = log if log.hasHandlers() else logging.getLogger("uvicorn.error")
     log_event(logging.INFO, out, event="serving_limits", request_timeout=settings.request_timeout,
-              max_connections=max_connections, open_file_limit="unlimited" if unlimited else soft,
-              max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
-    if not unlimited and 2 * max_connections > soft:
+              keep_alive_timeout=settings.keep_alive_timeout, max_connections=max_connections,
+              open_file_limit="unlimited" if unlimited else soft, max_head_bytes=MAX_HEAD_BYTES)  # fmt: skip
+    if not unlimited and open_files_needed(max_connections) > soft:
         out.warning(
             f"MAX_CONNECTIONS={max_connections} is not well below this process's open-file limit ({soft}): "
-            "each connection can hold a second one to TikTok, so the limit can be hit first and connections then fail "
-            "without an answer; raise the limit (ulimit -n) or lower MAX_CONNECTIONS"
+            f"each connection can hold a second one to TikTok, and refused ones linger, {open_files_needed(max_connections)} "
+            "in all, so the limit can be hit first and connections then fail without an answer; raise the limit "
+            "(ulimit -n) or lower MAX_CONNECTIONS"
         )
 
     class LimitedHttpToolsProtocol(LimitedProtocol):
-        limits = Limits(settings.request_timeout, max_connections)
+        limits = Limits(
+            settings.request_timeout, max_connections, settings.keep_alive_timeout, max_lingering(max_connections)
+        )
 
     return LimitedHttpToolsProtocol
 
