@@ -333,6 +333,7 @@ def test_the_code_flow_gives_tiktok_tokens_and_an_id_token(
     assert answer.headers["cache-control"] == "no-store"
     tokens = answer.json()
     assert tokens["token_type"] == "Bearer" and tokens["access_token"].startswith("act.")
+    assert tokens["scope"] == "openid profile"  # TikTok's user.info.basic,user.info.profile, in OIDC's words
     assert tokens["refresh_token"].startswith("rft.")
     claims = claims_of(tokens["id_token"])
     assert claims["iss"] == proxy.url and claims["aud"] == CLIENT_KEY and claims["nonce"] == "rp-nonce-1"
@@ -544,3 +545,22 @@ def test_no_code_token_state_or_secret_in_any_log_line(
     ]  # fmt: skip
     for secret in secrets:
         assert secret not in text
+
+
+def test_each_step_is_counted_in_the_metrics(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc(METRICS_TOKEN="metrics-token-0123456789")
+    tokens = redeem(proxy, sign_in(proxy)["code"]).json()
+    proxy.http.get(proxy.url + "/oidc/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    sign_in(proxy, decision="cancel")
+    text = proxy.http.get(proxy.url + "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}).text
+
+    def count(route: str, grant: str, outcome: str, status: int) -> float:
+        labels = f'grant="{grant}",outcome="{outcome}",route="{route}",status="{status}"'
+        found = re.search(r"^tiktok_proxy_exchanges_total\{" + re.escape(labels) + r"\} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    assert count("oidc_authorize", "none", "redirect", 302) >= 2
+    assert count("oidc_callback", "none", "ok", 302) >= 1
+    assert count("oidc_callback", "none", "access_denied", 302) >= 1
+    assert count("oidc_token", "authorization_code", "ok", 200) >= 1
+    assert count("oidc_userinfo", "none", "ok", 200) >= 1

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
@@ -219,8 +219,9 @@ class Facade:
             reply = await tiktok.post_form(request.state.upstream, self.settings.token_url, form, self.settings.timeout)
             fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
             answer = tiktok.token_answer(reply, form)
-            if granted is None and "scope" in answer:  # a refresh: TikTok's answer says what the token is worth
+            if "scope" in answer:  # what the token is worth, from TikTok itself (else what the callback said)
                 granted = tiktok.split_scopes(answer["scope"])
+                answer["scope"] = " ".join(openid_scopes(granted))
             user = await self.user(request, answer["access_token"], granted, refused=server_error)
             answer["id_token"] = self.id_token(user, client_key, nonce)
             response: Response = JSONResponse(answer, headers=NO_STORE)
@@ -273,7 +274,11 @@ class Facade:
         return subject
 
     async def user(
-        self, request: Request, access_token: str, granted: list[str] | None, refused: Any
+        self,
+        request: Request,
+        access_token: str,
+        granted: list[str] | None,
+        refused: Callable[[OAuthError], OAuthError],
     ) -> dict[str, Any]:
         """TikTok's user object; `refused` turns TikTok's refusal of the token into this endpoint's error."""
         try:
@@ -339,6 +344,12 @@ def tiktok_scopes(scopes: list[str]) -> list[str]:
     """TikTok's scope names for the requested scopes, each once, in order."""
     mapped = [SCOPES[scope] if scope in SCOPES else scope for scope in scopes]
     return list(dict.fromkeys(scope for scope in mapped if scope))
+
+
+def openid_scopes(granted: list[str]) -> list[str]:
+    """TikTok's granted scopes in the relying party's words: openid and profile for the user.info ones."""
+    back = {tiktok_scope: scope for scope, tiktok_scope in SCOPES.items() if tiktok_scope}
+    return list(dict.fromkeys(back.get(scope, scope) for scope in granted))
 
 
 def profile_claims(user: Mapping[str, Any]) -> dict[str, str]:
