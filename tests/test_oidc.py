@@ -25,7 +25,7 @@ import pytest
 from tiktok_proxy.config import ConfigError, load_settings
 from tiktok_proxy.sealing import Sealer
 
-from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, oidc_env
+from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, ServerThread, free_port, oidc_env
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -564,3 +564,53 @@ def test_each_step_is_counted_in_the_metrics(start_oidc: Callable[..., OIDCProxy
     assert count("oidc_callback", "none", "access_denied", 302) >= 1
     assert count("oidc_token", "authorization_code", "ok", 200) >= 1
     assert count("oidc_userinfo", "none", "ok", 200) >= 1
+
+
+# ------------------------------------------------------------------------------- bad input, failing TikTok
+
+
+def test_malformed_requests_get_clear_answers(start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn) -> None:
+    proxy = start_oidc()
+    http, url = proxy.http, proxy.url
+    too_big = http.post(
+        url + "/oidc/token",
+        content=b"a=" + b"x" * 70_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"] == "invalid_request"
+    not_a_form = http.post(url + "/oidc/token", content=b"<xml/>", headers={"Content-Type": "text/xml"})
+    assert not_a_form.status_code == 400 and not_a_form.json()["error"] == "invalid_request"
+    no_client = http.post(url + "/oidc/token", data={"grant_type": "refresh_token", "refresh_token": "rft.x"})
+    assert no_client.status_code == 400 and no_client.json()["error"] == "invalid_request"
+    bad_basic = http.post(
+        url + "/oidc/token", data={"grant_type": "refresh_token"}, headers={"Authorization": "Basic !!"}
+    )
+    assert bad_basic.status_code == 401 and bad_basic.json()["error"] == "invalid_client"
+    for path in (
+        "/oidc/authorize?client_id=%ff",
+        "/oidc/callback?state=%ff",
+        "/oidc/authorize?" + "&".join(f"a{i}=1" for i in range(70)),
+    ):
+        page = http.get(url + path)
+        assert page.status_code == 400 and page.headers["content-type"].startswith("text/html"), path
+    repeated = http.get(url + "/oidc/authorize", params=[("client_id", CLIENT_KEY), ("client_id", CLIENT_KEY)])
+    assert repeated.status_code == 400 and "location" not in repeated.headers
+    assert token_requests(tiktok) == 0
+
+
+def test_tiktoks_user_info_failing_is_a_502_that_says_so(
+    start_oidc: Callable[..., OIDCProxy], stand_in_server: tuple[TikTokStandIn, ServerThread]
+) -> None:
+    _, tiktok_server = stand_in_server
+    proxy = start_oidc(TIKTOK_USERINFO_URL=tiktok_server.url + "/v2/user/info")  # no trailing slash: Janus 404
+    answer = redeem(proxy, sign_in(proxy)["code"])
+    assert answer.status_code == 502 and answer.json()["error"] == "server_error"
+    assert "HTTP 404" in answer.json()["error_description"] and "trailing slash" in answer.json()["error_description"]
+    info = proxy.http.get(proxy.url + "/oidc/userinfo", headers={"Authorization": "Bearer act.x"})
+    assert info.status_code == 502
+
+
+def test_tiktok_unreachable_for_user_info(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc(TIKTOK_USERINFO_URL=f"http://127.0.0.1:{free_port()}/v2/user/info/")
+    info = proxy.http.get(proxy.url + "/oidc/userinfo", headers={"Authorization": "Bearer act.x"})
+    assert info.status_code == 502 and info.json()["error_description"].startswith("TikTok is unreachable")
