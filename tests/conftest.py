@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,9 +20,11 @@ import uvicorn
 
 from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
-from tiktok_proxy.config import Settings
+from tiktok_proxy.config import Settings, load_settings
+from tiktok_proxy.jose import generate_pem, private_key_bytes
+from tiktok_proxy.sealing import Sealer
 
-from stand_ins.tiktok import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
+from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, REVOKE_PATH, TOKEN_PATH, USER_INFO_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
 
@@ -140,3 +145,149 @@ def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     kinds: list[str] = []
     monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
     return kinds
+
+
+# ------------------------------------------------------------------------------ browser journeys
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",  # nothing leaves this machine
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is not installed: run scripts/setup-tests")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-tests (it installs Debian's chromium)")
+    if shutil.which("node") is None:
+        pytest.fail("Node.js is missing: the Auth0 stand-in runs the profile script with it")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Any]:
+    # Way A's redirect goes through the proxy's https address, whose certificate the test CA issued.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 880, "height": 420})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("JOURNEY_ARTIFACTS") or tmp_path_factory.mktemp("journeys"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(tab: Any, artifacts: Path, name: str, docs_name: str = "") -> None:
+    tab.screenshot(path=str(artifacts / f"{name}.png"))
+    if docs_name and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        (REPO / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
+        shutil.copy(artifacts / f"{name}.png", REPO / "docs" / "screenshots" / f"{docs_name}.png")
+
+
+# ------------------------------------------------------------------------- the OpenID Connect facade
+
+RP_REDIRECT = "http://127.0.0.1:9/rp/callback"  # never contacted: the flows without a browser stop at the redirect
+OTHER_CLIENT_KEY = "aw2otherclientkey"  # a second TikTok app the proxy serves
+OTHER_CLIENT_SECRET = "other-Client-Secret-value"
+
+
+class LateApp:
+    """An ASGI app set after the server has its port, because PUBLIC_URL (the issuer) names that port."""
+
+    app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class OIDCProxy:
+    url: str
+    settings: Settings
+    http: httpx.Client  # no redirects followed: each step is looked at
+    late: LateApp
+    env: dict[str, str]
+    key_files: dict[str, str]
+
+    def rotate(self, key: str, previous: tuple[str, ...] = ()) -> None:
+        """Serve the same issuer with other keys from now on: a rolling restart after a key rotation."""
+        self.env = {**self.env, "OIDC_SIGNING_KEY_FILE": self.key_files[key]}
+        self.env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(self.key_files[name] for name in previous)
+        self.settings = load_settings(self.env)
+        # The running server keeps its lifespan state (the upstream client): only the app changes.
+        self.late.app = create_app(self.settings)
+
+    def sealer(self, purpose: str) -> Sealer:
+        """The proxy's own sealing, to make expired or cross-purpose values a forger could not."""
+        assert self.settings.oidc_key is not None
+        return Sealer(purpose, [private_key_bytes(self.settings.oidc_key)])
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("oidc-keys")
+    files = {}
+    for name, kind in (("rsa", "rsa"), ("ec", "ec"), ("rsa-next", "rsa"), ("ec-next", "ec")):
+        (folder / f"{name}.pem").write_text(generate_pem(kind))
+        files[name] = str(folder / f"{name}.pem")
+    return files
+
+
+def oidc_env(tiktok_url: str, key_file: str, **changes: str) -> dict[str, str]:
+    return {
+        "TIKTOK_TOKEN_URL": tiktok_url + TOKEN_PATH,
+        "TIKTOK_AUTHORIZE_URL": tiktok_url + AUTHORIZE_PATH,
+        "TIKTOK_USERINFO_URL": tiktok_url + USER_INFO_PATH,
+        "TIKTOK_TIMEOUT": str(PROXY_TIMEOUT),
+        "ALLOWED_CLIENT_KEYS": f"{CLIENT_KEY},{OTHER_CLIENT_KEY}",
+        "OIDC_SIGNING_KEY_FILE": key_file,
+        "OIDC_REDIRECT_URIS": f"{RP_REDIRECT},https://app.example/other-callback",
+        **changes,
+    }
+
+
+@pytest.fixture
+def start_oidc(
+    stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, key_files: dict[str, str]
+) -> Iterator[Callable[..., OIDCProxy]]:
+    """Start a proxy with the facade on: start_oidc(key="ec", OIDC_SUBJECT="union_id", ...)."""
+    _, tiktok_server = stand_in_server
+    tiktok.clients[OTHER_CLIENT_KEY] = OTHER_CLIENT_SECRET
+    started: list[tuple[ServerThread, httpx.Client]] = []
+
+    def start(key: str = "rsa", previous: tuple[str, ...] = (), **changes: str) -> OIDCProxy:
+        late = LateApp()
+        server = ServerThread(late)
+        env = oidc_env(tiktok_server.url, key_files[key], PUBLIC_URL=server.url, **changes)
+        if previous:
+            env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(key_files[name] for name in previous)
+        settings = load_settings(env)
+        late.app = create_app(settings)
+        server.__enter__()
+        tiktok.redirect_uris.add(settings.public_url + "/oidc/callback")  # the one URI registered at TikTok
+        http = httpx.Client(timeout=10)
+        started.append((server, http))
+        return OIDCProxy(settings.public_url, settings, http, late, env, key_files)
+
+    yield start
+    for server, http in started:
+        http.close()
+        server.__exit__()
+    del tiktok.clients[OTHER_CLIENT_KEY]

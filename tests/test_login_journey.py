@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html import escape
@@ -32,24 +31,12 @@ from starlette.routing import Route
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import load_settings
 
-from conftest import ServerThread
+from conftest import ServerThread, screenshot
 from stand_ins.auth0_login import Auth0LoginStandIn
 from stand_ins.auth0_management import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, USER, TikTokStandIn
 from test_admin import cli
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",  # nothing leaves this machine
-]
 APP_CLIENT_ID = "app-one"  # the Auth0 application the connection is enabled for
 GATE_SECRET = "gate-secret-for-the-journeys-0123456789"
 SIGNED_IN = f"Signed in as Ada on TikTok (oauth2|tiktok|{USER['open_id']})"
@@ -181,44 +168,6 @@ def world(
             with proxy:
                 env["PUBLIC_URL"] = f"https://localhost:{proxy.port}"
                 yield World(auth0, tenant.url, app.url, f"{old_sample.url}/proxy/token", env)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright is not installed: run scripts/setup-tests")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-tests (it installs Debian's chromium)")
-    if shutil.which("node") is None:
-        pytest.fail("Node.js is missing: the Auth0 stand-in runs the profile script with it")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def tab(browser: Any) -> Iterator[Any]:
-    # Way A's redirect goes through the proxy's https address, whose certificate the test CA issued.
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 880, "height": 420})
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("JOURNEY_ARTIFACTS") or tmp_path_factory.mktemp("journeys"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def screenshot(tab: Any, artifacts: Path, name: str, docs_name: str = "") -> None:
-    tab.screenshot(path=str(artifacts / f"{name}.png"))
-    if docs_name and os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        (REPO / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
-        shutil.copy(artifacts / f"{name}.png", REPO / "docs" / "screenshots" / f"{docs_name}.png")
 
 
 # ------------------------------------------------------------------------------------------- journeys

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from . import metrics, tiktok
+from . import metrics, oidc, tiktok
 from .config import Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
 from .errors import NO_STORE, OAuthError, missing
 from .inbound import (
@@ -181,7 +181,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
-                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off")  # fmt: skip
+                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
+                  oidc=settings.public_url if settings.oidc_key else "off")  # fmt: skip
         warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
@@ -205,6 +206,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.metrics_token:  # otherwise GET /metrics is the ordinary 404
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    if settings.oidc_key is not None:  # the OpenID Connect facade; otherwise its paths are the ordinary 404
+        routes += oidc.Facade(settings).routes()
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

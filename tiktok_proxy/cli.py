@@ -1,4 +1,5 @@
-"""The command line: with no command it serves; `setup-auth0`, `doctor` and `revoke-user` manage Auth0.
+"""The command line: with no command it serves; `setup-auth0`, `doctor` and `revoke-user` manage Auth0;
+`oidc-keygen` prints a signing key for the OpenID Connect facade.
 
 It sits on top of everything: the serving side never imports it, and it loads the Auth0 tooling only for
 those commands.
@@ -15,6 +16,7 @@ import uvicorn
 
 from . import metrics, serving
 from .config import ConfigError, settings_or_exit
+from .jose import generate_pem
 from .logs import logging_config, redact
 
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     revoke.add_argument("user_id", help="the Auth0 user id, e.g. oauth2|tiktok|<open_id>")
     revoke.add_argument("--delete-user", action="store_true", help="then delete the Auth0 user, once the revoke worked")
     revoke.add_argument("--force", action="store_true", help="with --delete-user: delete even if the revoke failed")
+    keygen = commands.add_parser("oidc-keygen", help="print a new signing key for OIDC_SIGNING_KEY_FILE (PEM)")
+    keygen.add_argument("--type", choices=("rsa", "ec"), default="rsa", help="rsa: RS256 (default); ec: ES256")
     for command in (setup, doctor, revoke):
         command.add_argument("--domain", help="Auth0 domain (default: AUTH0_DOMAIN)")
         command.add_argument("--connection", help="connection name (default: AUTH0_CONNECTION_NAME, or tiktok)")
@@ -46,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
+    if args.command == "oidc-keygen":
+        # To stdout only, for a redirect into a file: python proxy.py oidc-keygen > oidc-key.pem
+        print(generate_pem(args.type), end="")
+        return
     if args.command:
         raise SystemExit(run_command(args))
     serve(args.host, args.port)

@@ -10,16 +10,23 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import load_dotenv
 
 DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
 DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
 DEFAULT_REVOKE_URL = "https://open.tiktokapis.com/v2/oauth/revoke/"
+DEFAULT_USERINFO_URL = "https://open.tiktokapis.com/v2/user/info/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+OIDC_SUBJECTS = ("open_id", "union_id")
+# The keys the OpenID Connect facade signs with: RSA (RS256) or EC P-256 (ES256).
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,13 @@ class Settings:
     scopes: str = "user.info.basic"
     # Start on a non-loopback address with no gate at all. Only for a network where nothing else can reach it.
     allow_open_relay: bool = False
+    # The OpenID Connect facade (tiktok_proxy/oidc.py), on only when oidc_key is set. public_url is its issuer.
+    public_url: str = ""
+    userinfo_url: str = DEFAULT_USERINFO_URL
+    oidc_key: SigningKey | None = field(default=None, repr=False)
+    oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # still in the JWKS
+    oidc_redirect_uris: frozenset[str] = field(default_factory=frozenset)  # the relying parties' callbacks
+    oidc_subject: str = "open_id"  # or union_id: the same sub across the developer's TikTok apps
 
 
 class ConfigError(Exception):
@@ -94,6 +108,12 @@ GOOD_VALUES = {
     "TIKTOK_CLIENT_KEY": "your TikTok app's Client key, with TIKTOK_CLIENT_SECRET (or neither)",
     "TIKTOK_CLIENT_SECRET": "your TikTok app's Client secret, with TIKTOK_CLIENT_KEY (or neither)",
     "ALLOW_OPEN_RELAY": "true or false (false unless nothing but your Auth0 tenant can reach the proxy)",
+    "TIKTOK_USERINFO_URL": "an https URL with its trailing slash, e.g. https://open.tiktokapis.com/v2/user/info/",
+    "PUBLIC_URL": "the proxy's public https address, e.g. https://tiktok-oidc.example.com",
+    "OIDC_SIGNING_KEY_FILE": "the path of a PEM private key from: python proxy.py oidc-keygen",
+    "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
+    "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
+    "OIDC_SUBJECT": "open_id or union_id",
 }
 
 
@@ -144,8 +164,75 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         scopes=",".join(split_scopes(raw("TIKTOK_SCOPES") or defaults.scopes)),
         allow_open_relay=boolean("ALLOW_OPEN_RELAY", raw("ALLOW_OPEN_RELAY")),
     )
+    settings = oidc_settings(raw, settings)
     require_gate_off_loopback(settings)
     return settings
+
+
+def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Settings:
+    """The facade's settings. Without OIDC_SIGNING_KEY_FILE it is off and the rest is not checked."""
+    userinfo_url = upstream_url("TIKTOK_USERINFO_URL", raw("TIKTOK_USERINFO_URL") or DEFAULT_USERINFO_URL)
+    key_file = raw("OIDC_SIGNING_KEY_FILE")
+    if key_file is None:
+        return replace(settings, userinfo_url=userinfo_url, public_url=(raw("PUBLIC_URL") or "").rstrip("/"))
+    if not settings.allowed_client_keys and not settings.tiktok_client_key:
+        # The facade's client_id is a TikTok client key: without one named, anyone's app could use this issuer.
+        raise ConfigError("ALLOWED_CLIENT_KEYS", "ALLOWED_CLIENT_KEYS (or TIKTOK_CLIENT_KEY) must name the TikTok "
+                          "client keys the OpenID Connect facade serves (OIDC_SIGNING_KEY_FILE is set)")  # fmt: skip
+    redirect_uris = comma_set(raw("OIDC_REDIRECT_URIS"))
+    if not redirect_uris:
+        raise ConfigError("OIDC_REDIRECT_URIS", "OIDC_REDIRECT_URIS must list your relying parties' redirect URIs "
+                          "(OIDC_SIGNING_KEY_FILE is set)")  # fmt: skip
+    for uri in redirect_uris:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise ConfigError(
+                "OIDC_REDIRECT_URIS", f"OIDC_REDIRECT_URIS must hold absolute URLs with no fragment, got {uri!r}"
+            )
+    previous = [path.strip() for path in (raw("OIDC_PREVIOUS_KEY_FILES") or "").split(",") if path.strip()]
+    return replace(
+        settings,
+        userinfo_url=userinfo_url,
+        public_url=issuer_url(raw("PUBLIC_URL")),
+        oidc_key=signing_key("OIDC_SIGNING_KEY_FILE", key_file),
+        oidc_previous_keys=tuple(signing_key("OIDC_PREVIOUS_KEY_FILES", path) for path in previous),
+        oidc_redirect_uris=redirect_uris,
+        oidc_subject=one_of("OIDC_SUBJECT", raw("OIDC_SUBJECT") or "open_id", OIDC_SUBJECTS),
+    )
+
+
+def issuer_url(value: str | None) -> str:
+    """PUBLIC_URL as the facade's issuer: one exact string everywhere, so without a trailing '/'."""
+    if value is None:
+        raise ConfigError(
+            "PUBLIC_URL", "PUBLIC_URL must be set: it is the OpenID Connect issuer (OIDC_SIGNING_KEY_FILE is set)"
+        )
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError("PUBLIC_URL", f"PUBLIC_URL must be an absolute https URL with no query, got {value!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            "PUBLIC_URL", f"PUBLIC_URL must use https (http is accepted only for localhost), got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def signing_key(name: str, path: str) -> SigningKey:
+    """A PEM private key the facade can sign with. Messages name the file, never anything in it."""
+    try:
+        with open(path, "rb") as file:
+            pem = file.read()
+    except OSError as exc:
+        raise ConfigError(name, f"{name} names a file that cannot be read: {path!r} ({exc.strerror})") from None
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(name, f"{name}: {path!r} is not an unencrypted PEM private key") from None
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise ConfigError(name, f"{name}: {path!r} must be an RSA key of 2048 bits or more, or an EC P-256 key")
 
 
 Number = TypeVar("Number", int, float)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from prometheus_client import Counter
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
-ROUTES = frozenset({"token", "revoke", "authorize"})
+ROUTES = frozenset({"token", "revoke", "authorize", "oidc_authorize", "oidc_callback", "oidc_token", "oidc_userinfo"})
 GRANTS = frozenset({"authorization_code", "refresh_token", "client_credentials"})
 # The OAuth error codes (RFC 6749 §4.1.2.1 and §5.2, RFC 6750, RFC 7009) and those TikTok documents. TikTok
 # may send any string of up to 64 characters: one label value each would let it grow the series without bound.
@@ -34,6 +34,7 @@ OUTCOMES = frozenset(
         "unsupported_grant_type", "invalid_scope", "access_denied", "unsupported_response_type", "server_error",
         "temporarily_unavailable", "invalid_token", "unsupported_token_type", "access_token_invalid",
         "internal_error", "invalid_params", "rate_limit_exceeded", "scope_not_authorized", "scope_permission_missed",
+        "request_not_supported",
     }
 )  # fmt: skip
 FAILURE_KINDS = ("connect", "tls", "timeout", "unusable")

@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -114,11 +114,15 @@ def upstream_client(settings: Settings) -> UpstreamClient:
 
 async def post_form(client: UpstreamClient, url: str, form: Mapping[str, str], timeout: float) -> UpstreamReply:
     """POST a form within one total deadline. Failures become 502 or 504 OAuth errors that say what happened."""
+    return await _call(client.post(url, urlencode(form).encode(), UPSTREAM_HEADERS), url, timeout)
+
+
+async def _call(request: Awaitable[Answer], url: str, timeout: float) -> UpstreamReply:
     started = time.perf_counter()
     try:
         # One deadline for the whole exchange, however slowly TikTok drips its answer.
         async with asyncio.timeout(timeout):
-            answer = await client.post(url, urlencode(form).encode(), UPSTREAM_HEADERS)
+            answer = await request
     except TimeoutError:
         metrics.upstream_failed("timeout")
         raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
@@ -145,6 +149,71 @@ def upstream_reply(url: str, answer: Answer) -> UpstreamReply:
         log_id=tiktok_log_id(answer.headers.get("x-tt-logid")),
         retry_after=retry_after if RETRY_AFTER_SHAPE.fullmatch(retry_after) else None,
     )
+
+
+# ------------------------------------------------------------------------------------- user info
+
+# The fields the OpenID Connect facade reads, by the TikTok scope that unlocks them (tiktok-oauth.md §4). Asking
+# for a field whose scope was not granted fails the whole call with scope_permission_missed.
+USER_FIELDS = {
+    "user.info.basic": ("open_id", "union_id", "avatar_url", "display_name"),
+    "user.info.profile": ("username", "profile_deep_link"),
+}
+USER_INFO_HEADERS = {k: v for k, v in UPSTREAM_HEADERS.items() if k != "Content-Type"}
+
+
+async def user_info(
+    client: UpstreamClient, settings: Settings, access_token: str, granted: Iterable[str] | None
+) -> dict[str, Any]:
+    """TikTok's user object for this access token, with the fields the granted scopes allow.
+
+    granted None: the scopes are unknown (a bare access token), so ask for every field, then for the basic ones
+    when TikTok answers scope_permission_missed.
+    """
+    if granted is None:
+        try:
+            return await _user_info(client, settings, access_token, list(USER_FIELDS))
+        except OAuthError as err:
+            if err.error != "scope_permission_missed":
+                raise
+        granted = ["user.info.basic"]
+    return await _user_info(client, settings, access_token, [scope for scope in USER_FIELDS if scope in granted])
+
+
+async def _user_info(
+    client: UpstreamClient, settings: Settings, access_token: str, scopes: list[str]
+) -> dict[str, Any]:
+    fields = [field for scope in scopes or ["user.info.basic"] for field in USER_FIELDS[scope]]
+    url = f"{settings.userinfo_url}?{urlencode({'fields': ','.join(fields)})}"
+    # The token goes in the Authorization header, never in the URL (URLs end up in logs).
+    headers = {**USER_INFO_HEADERS, "Authorization": f"Bearer {access_token}"}
+    reply = await _call(client.get(url, headers), settings.userinfo_url, settings.timeout)
+    document = _json_or_none(reply.body)
+    raise_tiktok_error(reply, _payload_parts(document), [access_token])
+    # Quirk Q9: the resource envelope says success with error.code "ok", whatever the HTTP status.
+    envelope_ok = isinstance(document, dict) and isinstance(document.get("error"), dict)
+    data = document.get("data") if envelope_ok else None
+    user = data.get("user") if isinstance(data, dict) else None
+    if not envelope_ok or document["error"].get("code") != "ok" or not isinstance(user, dict):
+        raise _unusable(reply, document, "not a user-info answer")
+    if not isinstance(user.get("open_id"), str) or not user["open_id"]:
+        raise _unusable(reply, document, "a user without an open_id")
+    return user
+
+
+def callback_error(params: Mapping[str, str]) -> tuple[str, str]:
+    """The error TikTok's authorize page redirected back with, fit to pass on to a client (RFC 6749 §4.1.2.1).
+
+    TikTok may add error_type (e.g. redirect_uri, scope_not_authorized): a bare access_denied is not always a
+    Cancel, so it goes into the description."""
+    code = params.get("error", "")
+    if not ERROR_CODE_SHAPE.fullmatch(code):
+        code = "access_denied"
+    description = _clean_text(params.get("error_description"), ()) or "TikTok refused the authorization"
+    error_type = params.get("error_type", "")
+    if ERROR_CODE_SHAPE.fullmatch(error_type):
+        description = f"{description} (TikTok error_type: {error_type})"
+    return code, description
 
 
 # ------------------------------------------------------------------------ answer normalization

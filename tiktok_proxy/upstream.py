@@ -13,7 +13,7 @@ go direct, and so do plain-http origins (only ever stand-ins on this machine; cu
 https only).
 
 What is sent twice: a connection attempt that failed (nothing was sent), and a request written on a reused
-keep-alive connection that closed before a single byte of answer came back (see UpstreamClient.post). Nothing
+keep-alive connection that closed before a single byte of answer came back (see UpstreamClient._send). Nothing
 else: never after any byte of answer, never after a timeout, never a request that went out on a new connection
 (authorization codes are single-use). It does not follow redirects (that would re-send the client secret),
 decompress, or speak HTTP/2.
@@ -270,7 +270,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamClient:
-    """POSTs over pooled keep-alive connections, one pool per origin. Create and close it in the app's lifespan.
+    """POSTs (and GETs) over pooled keep-alive connections, one pool per origin. Create and close it in the app's lifespan.
 
     proxy: an http://[user:password@]host:port forward proxy for https origins; no_proxy: the hosts that bypass
     it; ca_file: a PEM bundle in place of certifi's. max_body caps an answer's body, max_head its head.
@@ -296,11 +296,20 @@ class UpstreamClient:
         self.idle: dict[tuple[str, str, int], list[_Connection]] = {}
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        return await self._send("POST", url, body, headers)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> Answer:
+        """A GET with the URL's query (TikTok's user info). Never put a token in the URL: send it in a header."""
+        return await self._send("GET", url, None, headers)
+
+    async def _send(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> Answer:
         parts = urlsplit(url)
         origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        head = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body
+        length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
+        request = f"{head}{length}\r\n".encode("latin-1") + (body or b"")
         connection = self._take_idle(origin)
         if connection is None:
             return await self._exchange(origin, await self._connect(origin), request)
