@@ -12,12 +12,18 @@ import base64
 import json
 import logging
 import os
+import socket
+from collections.abc import Iterator
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tiktok_proxy import serving
+from tiktok_proxy.app import create_app
+from tiktok_proxy.config import Settings
 
 from conftest import ServerThread
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
@@ -259,3 +265,76 @@ def test_a_secret_in_a_query_string_is_not_logged(client: httpx.Client, caplog: 
         client.get("/proxy/token", params={"client_secret": secret})
         client.get("/nowhere", params={"code": secret})
     check_logs(caplog, [secret])
+
+
+# ------------------------------------------------------------------------ raw bytes, below any HTTP client
+
+JSON_WITH_LONE_SURROGATES = st.sampled_from(
+    [
+        b'{"grant_type":"client_credentials","client_id":"aw1\\ud800","client_secret":"x"}',
+        b'{"grant_type":"client_credentials","client_id":"aw1testclientkey","client_secret":"\\udfff' + MARKER.encode() + b'"}',
+        b'{"\\ud83d":"half a pair in a name","grant_type":"client_credentials"}',
+        b'{"grant_type":"client_credentials","client_id":"\\ud83d\\ude00","client_secret":"a whole pair is fine"}',
+    ]
+)  # fmt: skip
+RAW_BODIES = (
+    JSON_WITH_LONE_SURROGATES.map(lambda body: (body, b"application/json"))
+    | st.sampled_from([b"client_id=%ED%A0%80&grant_type=client_credentials", b"client_secret=%C0%80&code=%FF"]).map(
+        lambda body: (body, b"application/x-www-form-urlencoded")
+    )
+    | st.tuples(st.binary(max_size=120), st.binary(max_size=40))
+)
+HEADER_NAMES = st.sampled_from([b"X-Proxy-Secret", b"Authorization", b"Content-Type", b"X-Odd", b"Accept"]) | st.binary(
+    min_size=1, max_size=12
+)
+
+
+@pytest.fixture(scope="module")
+def served_as_users_serve_it(base_settings: Settings) -> Iterator[ServerThread]:
+    """The proxy behind its own serving protocol (serving.py), as python proxy.py runs it."""
+    with ServerThread(create_app(base_settings), http=serving.protocol_for(base_settings)) as server:
+        yield server
+
+
+@FUZZ
+@given(
+    headers=st.lists(st.tuples(HEADER_NAMES, st.binary(max_size=60)), max_size=4),
+    basic=st.none() | st.binary(max_size=40),
+    body=RAW_BODIES,
+)
+def test_any_bytes_in_headers_credentials_and_bodies(
+    served_as_users_serve_it: ServerThread,
+    tiktok: TikTokStandIn,
+    caplog: pytest.LogCaptureFixture,
+    headers: list[tuple[bytes, bytes]],
+    basic: bytes | None,
+    body: tuple[bytes, bytes],
+) -> None:
+    """Odd bytes anywhere (header names and values, Basic credentials, lone surrogates in JSON or forms) get a 4xx
+    JSON answer and a log line: never a 500, a traceback or a dropped connection."""
+    raw_body, content_type = body
+    head = b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Type: " + content_type + b"\r\n"
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    if basic is not None:
+        head += b"Authorization: Basic " + basic + b"\r\n"
+    request = head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(raw_body) + raw_body
+    caplog.clear()
+    with socket.create_connection(("127.0.0.1", served_as_users_serve_it.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    # The first answer (a CR or LF in the bytes sent may have made more than one request of them).
+    status_line, _, rest = answer.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    head_bytes, _, payload = rest.partition(b"\r\n\r\n")
+    assert status in DOCUMENTED_STATUSES - {302} | {431}, answer
+    assert b"content-type: application/json" in head_bytes.lower(), answer
+    length = int(head_bytes.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    document = json.loads(payload[:length])
+    if status >= 400:
+        assert document["error"] and document["error_description"], document
+    lines = [record for record in caplog.records if record.name.startswith("tiktok_proxy")]
+    assert any(record.getMessage().startswith(("event=token ", "event=refused ")) for record in lines), answer
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert MARKER not in answer.decode("latin-1")

@@ -7,7 +7,6 @@ parameters in its messages, never a value.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 from collections.abc import Iterable, Mapping
@@ -112,8 +111,19 @@ def _json_pairs(body: bytes) -> list[tuple[str, str]]:
         if not isinstance(value, str):
             named = f"parameter {name}" if name in KNOWN_PARAMS else "every parameter"
             raise invalid_request(f"{named} must be a string")
+        if not (_is_unicode_text(name) and _is_unicode_text(value)):
+            # JSON can escape half a surrogate pair ("\ud800"), which no UTF-8 form can carry on to TikTok.
+            raise invalid_request("the JSON body holds a lone surrogate (\\ud800-\\udfff), which is not Unicode text")
         pairs.append((name, value))
     return pairs
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def client_credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:
@@ -146,8 +156,9 @@ def one_of(params: Mapping[str, str], name: str, synonym: str) -> str | None:
 def _decode_basic(credentials: str) -> tuple[str, str]:
     malformed = OAuthError(401, "invalid_client", "the HTTP Basic credentials are malformed")
     try:
+        # ValueError covers binascii.Error, and b64decode refusing a header byte over 0x7f in the text itself.
         decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         raise malformed from None
     key, colon, secret = decoded.partition(":")
     # RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
