@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -576,6 +577,45 @@ def test_a_flood_under_a_low_open_file_limit_never_exhausts_it(
     assert all("outcome=ok" in line for line in served), [line for line in served if "outcome=ok" not in line][:3]
     for trouble in ("EMFILE", "Too many open files", "out of system resource", "Traceback", "ERROR"):
         assert trouble not in output, output[-3000:]
+
+
+def test_requests_still_arriving_at_sigterm_are_answered(
+    stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path
+) -> None:
+    """The grace period covers REQUEST_TIMEOUT + TIKTOK_TIMEOUT: a request whose body, or even whose head, is still
+    arriving when SIGTERM comes gets its answer, and then the connection closes; new connections are refused."""
+    tiktok, tiktok_server = stand_in_server
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", "TIKTOK_TOKEN_URL": tiktok_server.url + TOKEN_PATH}
+    log = tmp_path / "proxy.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)
+        in_body, in_head, idle = connect(port), connect(port), connect(port)
+        first, second = token_request(tiktok), token_request(tiktok)
+        in_body.sendall(first[: first.index(b"\r\n\r\n") + 20])  # the head and a little of the body
+        in_head.sendall(second[:30])  # the start of the request line
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        assert idle.recv(1) == b""  # an idle connection is closed at once
+        time.sleep(1)
+        with pytest.raises(ConnectionRefusedError):
+            connect(port)
+        in_body.sendall(first[first.index(b"\r\n\r\n") + 20 :])
+        in_head.sendall(second[30:])
+        for sock in (in_body, in_head):
+            ((code, headers, body),) = split_answers(read_to_end(sock))
+            assert code == 200 and body["access_token"].startswith("act.") and headers["connection"] == "close"
+            sock.close()
+        assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once it has finished
+    finally:
+        process.kill()
+        idle.close()
+    assert "Traceback" not in log.read_text()
 
 
 def test_a_max_connections_too_close_to_the_open_file_limit_is_named(tmp_path: Path) -> None:

@@ -535,10 +535,15 @@ def test_tiktok_refusing_a_refresh_is_invalid_grant(
     client: httpx.Client, tiktok: TikTokStandIn, tiktok_error: str, status: int, error: str
 ) -> None:
     tiktok.fault = reply(
-        200, {"error": tiktok_error, "error_description": "Refresh token is invalid.", "log_id": "202612010001"}
+        200,
+        {
+            "error": tiktok_error,
+            "error_description": "Refresh token is invalid.",
+            "log_id": "20261201000100AB12CD34EF56",
+        },
     )
     body = assert_oauth_error(client.post("/proxy/token", data={**REFRESH, "refresh_token": "rft.x"}), status, error)
-    assert body["log_id"] == "202612010001"
+    assert body["log_id"] == "20261201000100AB12CD34EF56"
     if error == "invalid_grant" and tiktok_error != "invalid_grant":
         assert body["error_description"] == f"Refresh token is invalid. (TikTok: {tiktok_error})"
     # A code exchange keeps TikTok's code: only a refresh token that stopped working is invalid_grant.
