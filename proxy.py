@@ -4,7 +4,7 @@
     python proxy.py <command>        setup-auth0, doctor, revoke-user (see --help)
     uvicorn proxy:app                the same app under uvicorn's own command line
 
-The code lives in the `tiktok_proxy` package; README.md's "Architecture" section maps it.
+The code lives in the `tiktok_proxy` package; docs/architecture.md maps it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "tiktok_proxy"
 
-# Each module may import only modules of a lower rank (README: Architecture).
+# Each module may import only modules of a lower rank (docs/architecture.md).
 RANK = {
     "tiktok_proxy.config": 0,
     "tiktok_proxy.errors": 0,

@@ -151,12 +151,12 @@ def warn_about_the_gate(settings: Settings) -> None:
         if settings.allow_open_relay and not is_loopback(settings.host):
             log.warning(
                 f"OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on {settings.host}: anyone who reaches this proxy "
-                "can relay token requests to TikTok through it (set PROXY_SECRET, see docs: gate modes)"
+                "can relay token requests to TikTok through it (set PROXY_SECRET, see docs/gate-modes.md)"
             )
         else:
             log.warning(
                 "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS (nor TIKTOK_CLIENT_KEY with TIKTOK_CLIENT_SECRET) is "
-                "set: anyone can relay token requests through this proxy (set PROXY_SECRET, see README: The gate)"
+                "set: anyone can relay token requests through this proxy (set PROXY_SECRET, see docs/gate-modes.md)"
             )
     elif not settings.allowed_client_keys and not settings.tiktok_client_key:
         log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")

@@ -80,7 +80,7 @@ def serve(host: str | None, port: int | None) -> None:
         # On SIGTERM: stop accepting, let the requests under way finish. One still arriving has up to REQUEST_TIMEOUT
         # to come in whole, then its exchange with TikTok up to TIKTOK_TIMEOUT.
         timeout_graceful_shutdown=math.ceil(settings.request_timeout + settings.timeout) + 1,
-        # REQUEST_TIMEOUT, MAX_CONNECTIONS and the head cap, in each worker (README: Serving limits).
+        # REQUEST_TIMEOUT, MAX_CONNECTIONS and the head cap, in each worker (docs/operations/serving-limits.md).
         http="tiktok_proxy.serving:LimitedHttpToolsProtocol",
         # A flood takes this many open files at once, before any refusal: serving.OpenFiles keeps it in budget.
         backlog=serving.open_files(settings).backlog,

@@ -83,7 +83,7 @@ class _Recorder:
             log.warning(
                 "metrics: the workers do not share their counts, so a scrape of /metrics sees only the worker that "
                 "answers it; serve with `python proxy.py`, or set PROMETHEUS_MULTIPROC_DIR to a fresh, empty "
-                "directory before uvicorn starts (README: Metrics)"
+                "directory before uvicorn starts (docs/operations/metrics.md)"
             )
         home = None if shared else self.registry  # shared values live in files: nothing to register
 

@@ -1,5 +1,5 @@
 """Serving limits: uvicorn's httptools protocol with a request deadline, a head cap, a connection cap, and a
-lingering close after an early answer (README: Serving limits).
+lingering close after an early answer (docs/operations/serving-limits.md).
 
 uvicorn gets it by reference (`http="tiktok_proxy.serving:LimitedHttpToolsProtocol"`), so that each worker
 process builds it from its own environment; `protocol_for(settings)` builds one for given settings (tests).

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 client for the proxy's one hot path: a short form POSTed to TikTok, a short answer back.
 
-Why not httpx here: on this proxy's benchmark (bench/README.md), httpx's AsyncClient spends about 200 µs of
+Why not httpx here: on this proxy's benchmark (docs/performance.md), httpx's AsyncClient spends about 200 µs of
 CPU per call before any I/O, and its connection pool slows further as concurrency grows; one worker then
 tops out near 500 exchanges a second. This client does only what the proxy needs, over pooled keep-alive
 connections, with httptools (uvicorn's own parser, llhttp) reading the answers. TLS is the standard
