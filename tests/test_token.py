@@ -9,6 +9,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tiktok_proxy import tiktok as tiktok_module
+
 from conftest import PROXY_TIMEOUT, free_port, timer
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, TikTokStandIn, drip, reply, silence
 
@@ -491,6 +493,8 @@ def test_healthz(client: httpx.Client) -> None:
     [
         ("GET", "/proxy/token", 405),
         ("PUT", "/proxy/token", 405),
+        ("HEAD", "/proxy/revoke/", 405),
+        ("DELETE", "/proxy/revoke", 405),
         ("POST", "/healthz", 405),
         ("GET", "/nope", 404),
         ("GET", "/", 404),
@@ -500,6 +504,10 @@ def test_healthz(client: httpx.Client) -> None:
 )
 def test_unknown_routes_and_methods_answer_json(client: httpx.Client, method: str, path: str, status: int) -> None:
     response = client.request(method, path)
+    if method == "HEAD":  # no body to read: the status and the headers say it all
+        assert response.status_code == status and response.headers["content-type"] == "application/json"
+        assert response.headers["allow"] == "POST"
+        return
     assert_oauth_error(response, status, "invalid_request")
     if status == 405:
         assert "POST" in response.headers["allow"] or "GET" in response.headers["allow"]
@@ -558,3 +566,32 @@ def test_a_rate_limited_refresh_stays_429(client: httpx.Client, tiktok: TikTokSt
     response = client.post("/proxy/token", data={**REFRESH, "refresh_token": "rft.x"})
     assert_oauth_error(response, 429, "temporarily_unavailable")
     assert response.headers["retry-after"] == "7"
+
+
+@pytest.mark.parametrize("path", ["/proxy/token", "/proxy/revoke"])
+def test_an_unexpected_exception_on_a_relayed_route_is_a_json_500(
+    client: httpx.Client,
+    tiktok: TikTokStandIn,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """The relayed routes bypass Starlette, so their last-resort answer is their own: JSON, never a bare 500 page,
+    with the traceback in the log and no secret anywhere."""
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tiktok_module, "post_form", broken)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_KEY,
+        "client_secret": CLIENT_SECRET,
+        "token": "act.x",
+    }
+    response = client.post(path, data=form)
+    assert_oauth_error(response, 500, "server_error")
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert errors and errors[0].exc_info and "RuntimeError: a bug" in caplog.text
+    assert CLIENT_SECRET not in caplog.text
+    assert client.get("/healthz").status_code == 200  # and the proxy stays up

@@ -7,19 +7,22 @@ import gc
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from . import metrics, oidc, tiktok
 from .config import Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
-from .errors import NO_STORE, OAuthError, missing
+from .errors import NO_STORE, OAuthError, json_bytes, missing
 from .inbound import (
     CUT_BY_DEADLINE,
     GATE_HEADER,
@@ -36,55 +39,97 @@ from .inbound import (
     unique_params,
 )
 from .logs import formatter, log, log_event, log_outcome, use_format_everywhere
+from .upstream import UpstreamClient
 
 
-async def relay(request: Request, to: tiktok.Relay) -> Response:
-    """Every rule of a relayed request, in order: parse, authenticate, allow, send once, normalize, log."""
-    settings: Settings = request.app.state.settings
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+async def relay(
+    settings: Settings, upstream: UpstreamClient, to: tiktok.Relay, scope: Scope, receive: Receive
+) -> Answer | None:
+    """Every rule of a relayed request, in order: parse, authenticate, allow, send once, normalize, log.
+
+    None when serving.py has already answered: it cut the body at REQUEST_TIMEOUT, answered 408 and logged it."""
+    headers = Headers(scope=scope)
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
     try:
-        check_gate_before_body(settings, request)  # a caller without the header costs no body read, when it decides
-        params = parse_params(request.headers.get("content-type", ""), await read_body(request))
+        check_gate_before_body(settings, headers)  # a caller without the header costs no body read, when it decides
+        params = parse_params(headers.get("content-type", ""), await read_body(headers, receive))
         if log.isEnabledFor(logging.DEBUG):
             # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
             known = sorted(name for name in params if name in KNOWN_PARAMS)
             log_event(logging.DEBUG, event=f"{to.event}_request", params=",".join(known), unknown_params=len(params) - len(known),
-                      authorization_header="authorization" in request.headers)  # fmt: skip
-        client_key, client_secret = client_credentials(request, params)
+                      authorization_header="authorization" in headers)  # fmt: skip
+        client_key, client_secret = client_credentials(headers, params)
         fields["client_key"] = client_key
-        check_client(settings, request, client_key, client_secret)
+        check_client(settings, headers, client_key, client_secret)
         form = to.build_form(params, client_key, client_secret)
         fields["grant"] = form.get("grant_type")
-        reply = await tiktok.post_form(request.state.upstream, to.url(settings), form, settings.timeout)
+        reply = await tiktok.post_form(upstream, to.url(settings), form, settings.timeout)
         fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
-        response: Response = JSONResponse(to.answer(reply, form), headers=NO_STORE)
+        answer = Answer(200, to.answer(reply, form), NO_STORE)
         outcome = "ok"
     except OAuthError as err:
-        response, outcome = err.response(), err.error
+        answer, outcome = Answer(err.status, err.body(), err.answer_headers()), err.error
         fields["log_id"] = err.log_id or fields["log_id"]
-    if getattr(request.state, CUT_BY_DEADLINE, False):
-        return response  # serving.py cut the body at REQUEST_TIMEOUT, and has answered 408 and logged it
+    if scope.get("state", {}).get(CUT_BY_DEADLINE):
+        return None
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     # Whether X-Proxy-Secret came (never its value): shows, for example, whether Token Vault's refreshes carry
     # the connection's customHeaders.
-    gate_header = "sent" if GATE_HEADER in request.headers else "absent"
-    log_outcome(response.status_code, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms,
+    gate_header = "sent" if GATE_HEADER in headers else "absent"
+    log_outcome(answer.status, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms,
                 after_status={"gate_header": gate_header})  # fmt: skip
-    metrics.exchange(to.event, fields["grant"], outcome, response.status_code)
-    return response
+    metrics.exchange(to.event, fields["grant"], outcome, answer.status)
+    return answer
 
 
-async def token_endpoint(request: Request) -> Response:
-    """POST /proxy/token: Auth0's token request in, TikTok's answer normalized out."""
-    with metrics.in_flight():
-        return await relay(request, tiktok.TOKEN)
+class RelayedRoutes:
+    """POST /proxy/token and POST /proxy/revoke as plain ASGI, in front of Starlette, which serves every other
+    request. The hot path then skips Starlette's router, middleware, Request and Response: a sixth of the CPU of
+    an exchange (docs/performance.md). So this class does their part for these two routes: 405 for another
+    method, and a JSON 500 for an unexpected exception."""
+
+    def __init__(self, app: Starlette, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.relayed = {path: to for base, to in RELAYED.items() for path in (base, base + "/")}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        to = self.relayed.get(scope["path"]) if scope["type"] == "http" else None
+        if to is None:
+            await self.app(scope, receive, send)
+        elif scope["method"] != "POST":
+            description = "method not allowed here; allowed: POST"
+            body = {"error": "invalid_request", "error_description": description}
+            await send_json(send, Answer(405, body, {**NO_STORE, "Allow": "POST"}))
+        else:
+            try:
+                with metrics.in_flight():
+                    answer = await relay(self.settings, scope["state"]["upstream"], to, scope, receive)
+            except Exception:
+                log.exception(f"unexpected error in POST {scope['path']}")  # the traceback, as uvicorn would log it
+                answer = Answer(500, UNEXPECTED, NO_STORE)
+            if answer is not None:
+                await send_json(send, answer)
 
 
-async def revoke_endpoint(request: Request) -> Response:
-    """POST /proxy/revoke: an RFC 7009 revocation, relayed to TikTok's revoke endpoint."""
-    with metrics.in_flight():
-        return await relay(request, tiktok.REVOKE)
+RELAYED = {"/proxy/token": tiktok.TOKEN, "/proxy/revoke": tiktok.REVOKE}
+UNEXPECTED = {"error": "server_error", "error_description": "unexpected error in the proxy; see its log"}
+
+
+async def send_json(send: Send, answer: Answer) -> None:
+    """The answer as Starlette's JSONResponse would send it: the same bytes and the same headers."""
+    content = json_bytes(answer.body)
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+    headers += [(b"content-length", b"%d" % len(content)), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
 
 
 async def authorize_endpoint(request: Request) -> Response:
@@ -141,8 +186,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Last resort: a JSON answer, never an HTML page. (uvicorn still logs the traceback.)"""
-    body = {"error": "server_error", "error_description": "unexpected error in the proxy; see its log"}
-    return JSONResponse(body, status_code=500, headers=NO_STORE)
+    return JSONResponse(UNEXPECTED, status_code=500, headers=NO_STORE)
 
 
 def warn_about_the_gate(settings: Settings) -> None:
@@ -162,8 +206,8 @@ def warn_about_the_gate(settings: Settings) -> None:
         log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI app."""
+def create_app(settings: Settings | None = None) -> RelayedRoutes:
+    """The ASGI app: the relayed routes, in front of Starlette for the rest."""
     settings = settings or settings_or_exit()
     # Now, not in the lifespan: under `uvicorn proxy:app` uvicorn logs its first lines before the lifespan runs.
     use_format_everywhere(settings.log_format)
@@ -194,15 +238,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await client.aclose()
             metrics.worker_stopped()  # here: uvicorn ends a worker by re-raising SIGTERM, so atexit never runs
 
-    routes = [
-        Route(path, endpoint, methods=[method])
-        for base, endpoint, method in [
-            ("/proxy/token", token_endpoint, "POST"),
-            ("/proxy/revoke", revoke_endpoint, "POST"),
-            ("/proxy/authorize", authorize_endpoint, "GET"),
-        ]
-        for path in (base, base + "/")  # TikTok's own URLs end in '/', so users may paste ours that way too
-    ]
+    # TikTok's own URLs end in '/', so users may paste ours that way too (RelayedRoutes does the same).
+    routes = [Route(path, authorize_endpoint, methods=["GET"]) for path in ("/proxy/authorize", "/proxy/authorize/")]
     if settings.metrics_token:  # otherwise GET /metrics is the ordinary 404
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
@@ -215,4 +252,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.router.redirect_slashes = False  # a 307 would make the client re-send its secret; answer or 404
     app.state.settings = settings
-    return app
+    return RelayedRoutes(app, settings)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.responses import JSONResponse
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
+
+def json_bytes(content: Any) -> bytes:
+    """JSON as every answer of the proxy renders it (the same bytes as Starlette's JSONResponse)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 class OAuthError(Exception):
@@ -28,14 +35,20 @@ class OAuthError(Exception):
         self.log_id = log_id
         self.headers = dict(headers or {})
 
-    def response(self) -> JSONResponse:
+    def body(self) -> dict[str, str]:
         body = {"error": self.error, "error_description": self.description}
         if self.log_id:
             body["log_id"] = self.log_id  # TikTok support asks for it
+        return body
+
+    def answer_headers(self) -> dict[str, str]:
         headers = {**NO_STORE, **self.headers}
         if self.status == 401:
             headers.setdefault("WWW-Authenticate", 'Basic realm="tiktok-token-proxy"')
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.answer_headers())
 
 
 def invalid_request(description: str) -> OAuthError:

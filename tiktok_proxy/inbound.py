@@ -12,7 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.datastructures import Headers
+from starlette.types import Receive
 
 from . import metrics
 from .config import Settings
@@ -38,21 +39,23 @@ def body_too_large() -> OAuthError:
     return OAuthError(413, "invalid_request", f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
-async def read_body(request: Request) -> bytes:
-    """Read the body, refusing more than MAX_BODY_BYTES whatever Content-Length claims."""
-    declared = request.headers.get("content-length", "")
+async def read_body(headers: Headers, receive: Receive) -> bytes:
+    """Read the body from the ASGI messages, refusing more than MAX_BODY_BYTES whatever Content-Length claims."""
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise body_too_large()
     chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise body_too_large()
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise invalid_request("the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise invalid_request("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise body_too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def parse_params(content_type: str, body: bytes) -> dict[str, str]:
@@ -126,11 +129,11 @@ def _is_unicode_text(text: str) -> bool:
     return True
 
 
-def client_credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:
+def client_credentials(headers: Headers, params: Mapping[str, str]) -> tuple[str, str]:
     """The client key and secret, from the body or from HTTP Basic (RFC 6749 §2.3.1), not both."""
     body_key = one_of(params, "client_id", "client_key")
     body_secret = params.get("client_secret")
-    authorizations = request.headers.getlist("authorization")
+    authorizations = headers.getlist("authorization")
     if len(authorizations) > 1:
         raise invalid_request("send one Authorization header")
     scheme, _, credentials = (authorizations or [""])[0].strip().partition(" ")
@@ -196,14 +199,14 @@ def gate_mode(settings: Settings) -> str:
     return "+".join(name for name, on in checks if on) or "open"
 
 
-def check_gate_before_body(settings: Settings, request: Request) -> None:
+def check_gate_before_body(settings: Settings, headers: Headers) -> None:
     """When the header alone decides (PROXY_SECRET, and no own key), refuse before reading the body: a caller
     without the secret then costs nothing. With an own key, the body's client key decides (check_client)."""
     if settings.proxy_secrets and not settings.tiktok_client_secret:
-        check_gate(settings, request)
+        check_gate(settings, headers)
 
 
-def check_client(settings: Settings, request: Request, client_key: str, client_secret: str) -> None:
+def check_client(settings: Settings, headers: Headers, client_key: str, client_secret: str) -> None:
     """The gate, once the client is known.
 
     - The proxy's own key: its secret is the proof, checked here in constant time; X-Proxy-Secret is not needed
@@ -219,17 +222,17 @@ def check_client(settings: Settings, request: Request, client_key: str, client_s
         return
     check_allowed(settings, client_key)
     if settings.tiktok_client_secret:
-        check_gate(settings, request)
+        check_gate(settings, headers)
 
 
-def check_gate(settings: Settings, request: Request) -> None:
+def check_gate(settings: Settings, headers: Headers) -> None:
     """With PROXY_SECRET set, only callers that send one of its values (Auth0's customHeaders) get through.
 
     The client key cannot serve as this gate: it is public, in every authorize URL.
     """
     if not settings.proxy_secrets:
         return
-    sent = request.headers.getlist(GATE_HEADER)
+    sent = headers.getlist(GATE_HEADER)
     # Compare against every configured value, in constant time, so timing tells nothing about any of them.
     matches = (
         [hmac.compare_digest(sent[0].encode(), secret.encode()) for secret in settings.proxy_secrets]

@@ -197,8 +197,10 @@ class Facade:
         started = time.perf_counter()
         fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
         try:
-            params = parse_params(request.headers.get("content-type", ""), await read_body(request))
-            client_key, client_secret = client_credentials(request, params)
+            params = parse_params(
+                request.headers.get("content-type", ""), await read_body(request.headers, request.receive)
+            )
+            client_key, client_secret = client_credentials(request.headers, params)
             fields["client_key"] = client_key
             check_allowed(self.settings, client_key)
             grant = fields["grant"] = params.get("grant_type")
