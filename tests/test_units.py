@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tiktok_proxy.config import ConfigError, Settings, load_settings
 from tiktok_proxy.errors import OAuthError
-from tiktok_proxy.logs import logfmt
+from tiktok_proxy.logs import formatter, log, log_event, logfmt
 from tiktok_proxy.tiktok import normalize_token_reply, tiktok_log_id, upstream_reply
 from tiktok_proxy.upstream import Answer
 
@@ -214,3 +218,83 @@ def test_json_log_lines_cannot_be_forged_and_keep_the_fields() -> None:
     assert list(entry)[3:] == list(fields) and entry["client_key"] == fields["client_key"] and entry["log_id"] is None
     plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started %s", ("server",), None)
     assert json.loads(JSONFormatter().format(plain))["message"] == "Started server"
+
+
+# ------------------------------------------------------------------------------------ the direct log line
+
+
+@pytest.fixture
+def root_handler() -> Iterator[Callable[[logging.Formatter], io.StringIO]]:
+    """Logging set up as the proxy sets it up itself: one stream handler on the root, nothing else."""
+    saved = logging.root.handlers[:]
+    saved_level = log.level
+
+    def use(chosen: logging.Formatter) -> io.StringIO:
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(chosen)
+        logging.root.handlers[:] = [handler]
+        return stream
+
+    log.setLevel(logging.INFO)
+    yield use
+    logging.root.handlers[:] = saved
+    log.setLevel(saved_level)
+
+
+class PassAll(logging.Filter):
+    """A filter that lets everything through: enough to send a line through logging's own path."""
+
+
+FIELDS = {
+    "event": "token",
+    "outcome": "ok",
+    "client_key": 'a"w\r\n1',
+    "log_id": None,
+    "duration_ms": 1.5,
+    "status": 200,
+}
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_the_direct_line_is_the_line_logging_writes(
+    root_handler: Callable[[logging.Formatter], io.StringIO], log_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = root_handler(formatter(log_format))
+    with monkeypatch.context() as patched:
+        patched.setattr(log, "log", None)  # no LogRecord: calling logging would fail
+        log_event(logging.WARNING, **FIELDS)  # straight to the stream
+    logging.root.handlers[0].addFilter(PassAll())
+    log_event(logging.WARNING, **FIELDS)  # through a LogRecord and the handler chain
+    direct, through_logging = stream.getvalue().splitlines()
+    timestamp = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2},[0-9]{3}"
+    if log_format == "json":
+        direct_entry, logged_entry = json.loads(direct), json.loads(through_logging)
+        assert re.fullmatch(timestamp, direct_entry.pop("time")) and logged_entry.pop("time")
+        assert direct_entry == logged_entry and list(direct_entry)[:4] == ["level", "logger", "event", "outcome"]
+    else:
+        assert re.match(timestamp + " WARNING tiktok_proxy event=token ", direct)
+        assert direct.split(" ", 2)[2] == through_logging.split(" ", 2)[2]
+        assert "\r" not in direct and "\\r\\n" in direct  # a value cannot forge a line here either
+
+
+def test_handlers_and_levels_a_user_configures_are_honoured(
+    root_handler: Callable[[logging.Formatter], io.StringIO],
+) -> None:
+    stream = root_handler(formatter("plain"))
+    records: list[logging.LogRecord] = []
+    mine = logging.Handler()
+    mine.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(mine)  # a handler of the user's own: every line reaches it as a LogRecord
+    try:
+        log_event(logging.INFO, event="token", status=200)
+    finally:
+        log.removeHandler(mine)
+    assert len(records) == 1 and records[0].getMessage() == "event=token status=200"
+    assert "event=token status=200" in stream.getvalue()  # and the root handler still got it, through logging
+    logging.root.handlers[0].setLevel(logging.WARNING)  # a level on the handler
+    log_event(logging.INFO, event="token", status=201)
+    assert "status=201" not in stream.getvalue()
+    log.setLevel(logging.ERROR)  # and on the proxy's logger (LOG_LEVEL)
+    log_event(logging.WARNING, event="token", status=401)
+    assert "status=401" not in stream.getvalue()
