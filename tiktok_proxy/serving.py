@@ -180,25 +180,14 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_size = 0
         if self.deadline is None and self._can_answer():
             self._arm_deadline()  # a request that began in the same read as the previous one ended
 
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_head(self, size: int) -> None:
-        # The raw count in data_received cannot see where a pipelined head begins inside a read; this one can.
-        self.head_size += size
+    def on_headers_complete(self) -> None:
+        # The raw count in data_received cannot see where a pipelined head begins inside a read; the parsed head can.
+        self.head_size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if self.head_size > MAX_HEAD_BYTES:
             raise HeadTooLarge  # stops the parser; uvicorn calls send_400_response, which answers 431
-
-    def on_headers_complete(self) -> None:
         self.in_head = False
         super().on_headers_complete()
         # Keep-alive is earned by reading the whole request: an answer that goes out before the body is all in
@@ -343,6 +332,11 @@ class _ClosesThrough:
 
     def __init__(self, transport: asyncio.Transport, protocol: LimitedProtocol) -> None:
         self.transport, self.protocol = transport, protocol
+        # What uvicorn calls on every request, bound once here rather than found through __getattr__ each time.
+        self.write = transport.write
+        self.get_extra_info = transport.get_extra_info
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
 
     def close(self) -> None:
         self.protocol._close()
