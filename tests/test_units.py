@@ -7,13 +7,17 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.responses import JSONResponse
 
 from tiktok_proxy.config import ConfigError, Settings, load_settings
-from tiktok_proxy.errors import OAuthError
+from tiktok_proxy.errors import OAuthError, json_bytes
 from tiktok_proxy.logs import formatter, log, log_event, logfmt
-from tiktok_proxy.tiktok import normalize_token_reply, tiktok_log_id, upstream_reply
+from tiktok_proxy.tiktok import form_body, normalize_token_reply, tiktok_log_id, upstream_reply
 from tiktok_proxy.upstream import Answer
 
 # ---------------------------------------------------------------------------------- configuration
@@ -298,3 +302,16 @@ def test_handlers_and_levels_a_user_configures_are_honoured(
     log.setLevel(logging.ERROR)  # and on the proxy's logger (LOG_LEVEL)
     log_event(logging.WARNING, event="token", status=401)
     assert "status=401" not in stream.getvalue()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=6))
+def test_the_form_sent_to_tiktok_is_what_urlencode_makes(form: dict[str, str]) -> None:
+    assert form_body(form) == urlencode(form).encode()
+
+
+def test_answers_render_as_starlettes_json_response() -> None:
+    body = {"access_token": "act.é€", "expires_in": 86400, "scope": "a b", "nested": {"x": [1, None, True]}}
+    assert json_bytes(body) == JSONResponse(body).body
+    with pytest.raises(ValueError):
+        json_bytes({"nan": float("nan")})  # allow_nan=False, as Starlette's

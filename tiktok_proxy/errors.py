@@ -11,9 +11,13 @@ from starlette.responses import JSONResponse
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
 
 
+# Built once: json.dumps builds an encoder at every call that asks for anything but the defaults.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
 def json_bytes(content: Any) -> bytes:
     """JSON as every answer of the proxy renders it (the same bytes as Starlette's JSONResponse)."""
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+    return _ENCODER.encode(content).encode()
 
 
 class OAuthError(Exception):
