@@ -91,11 +91,18 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50": latency("50"),
         "p99": latency("99"),
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid: int, field: str) -> float:
@@ -146,6 +153,8 @@ def main() -> None:
                         help="also measure this build with these variables set, e.g. METRICS_TOKEN=x")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="measure the proxies this many times, interleaved; "
                         "the table shows each round, then the median (default 1)")  # fmt: skip
+    parser.add_argument("--python", action="append", default=[], metavar="PATH",
+                        help="also measure this build under another Python (a venv's python with requirements.txt)")  # fmt: skip
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N exchanges at 32 connections, sampling RSS")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
@@ -172,7 +181,7 @@ def main() -> None:
                 return
             print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
                   f"{cpu_model()}, Python {platform.python_version()}, wrk -t1, {args.seconds}s per row")  # fmt: skip
-            print(f"{'target':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+            print(f"{'target':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu µs':>8}")
             proxy_url = f"http://127.0.0.1:{PROXY_PORT}/proxy/token"
             fixed = [
                 Target("stand-in, direct", f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/"),
@@ -188,6 +197,10 @@ def main() -> None:
                 proxied.append(
                     Target(f"proxy, {','.join(variables)} set"[:33], proxy_url, proxy_command, env=variables)
                 )
+            for python in args.python:
+                version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                proxied.append(Target(f"proxy, Python {version}", proxy_url, [python, *proxy_command[1:]]))
             if args.variants:
                 for variant in ("httpx", "httpx2", "aiohttp"):
                     command = [sys.executable, "bench/variants.py", variant, str(PROXY_PORT)]
@@ -197,7 +210,10 @@ def main() -> None:
             for target in fixed + proxied * args.rounds:  # rounds interleave the proxies, so drift hits them alike
                 process = start_proxy(target.command, target.cwd, target.env) if target.command else None
                 for connections in connection_counts:
+                    cpu_before = cpu_seconds(process.pid) if process else 0.0
                     result = wrk(target.url, connections, args.seconds, script)
+                    if process:  # the proxy's CPU per exchange: steadier than throughput on a shared machine
+                        result["cpu_us"] = (cpu_seconds(process.pid) - cpu_before) / result["requests"] * 1e6
                     results.setdefault((target.name, connections), []).append(result)
                     print_row(target.name, connections, result)
                 if process:
@@ -205,11 +221,18 @@ def main() -> None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(15)
             if args.rounds > 1:
-                print(f"# median of {args.rounds} rounds")
+                print(
+                    f"# median of {args.rounds} rounds; req/s across the rounds; this build against each, round by round"
+                )
                 for target in proxied:
                     for connections in connection_counts:
-                        runs = sorted(results[target.name, connections], key=lambda run: run["rps"])
-                        print_row(target.name, connections, runs[len(runs) // 2])
+                        runs = results[target.name, connections]
+                        median = sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
+                        ours = results[proxied[0].name, connections]
+                        ratios = sorted(mine["rps"] / theirs["rps"] for mine, theirs in zip(ours, runs, strict=True))
+                        print_row(target.name, connections, median, end="")
+                        print(f"   {min(run['rps'] for run in runs):.0f}-{max(run['rps'] for run in runs):.0f}"
+                              f"   x{ratios[len(ratios) // 2]:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")  # fmt: skip
             direct, ours = results.get(("stand-in, direct", 1)), results.get(("tiktok proxy (upstream.py)", 1))
             if direct and ours:
                 print(f"added latency at 1 connection (p50): {ours[0]['p50'] - direct[0]['p50']:.2f} ms")
@@ -222,9 +245,10 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False)
 
 
-def print_row(name: str, connections: int, result: dict[str, float]) -> None:
+def print_row(name: str, connections: int, result: dict[str, float], end: str = "\n") -> None:
+    cpu = f"{result['cpu_us']:>8.0f}" if "cpu_us" in result else f"{'':>8}"
     print(f"{name:<34}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}"
-          f"{result['p99']:>9.2f}{result['errors']:>8.0f}", flush=True)  # fmt: skip
+          f"{result['p99']:>9.2f}{result['errors']:>8.0f}{cpu}", end=end, flush=True)  # fmt: skip
 
 
 def soak(pid: int, exchanges: int, script: Path) -> None:
