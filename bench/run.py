@@ -60,9 +60,13 @@ http {{
   }}
 }}
 """
+# Sent with every request, so that the gate's cost can be measured: --with-env PROXY_SECRET=<this>, or the own
+# key's check with --with-env TIKTOK_CLIENT_KEY=aw1benchkey,TIKTOK_CLIENT_SECRET=bench-secret.
+GATE_SECRET = "bench-gate-secret-0123456789"
 WRK_SCRIPT = f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["X-Proxy-Secret"] = "{GATE_SECRET}"
 wrk.body = "{FORM}"
 """
 
@@ -71,7 +75,8 @@ def wait_until_up(url: str) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(urllib.request.Request(url, data=FORM.encode()), timeout=1).read()
+            request = urllib.request.Request(url, data=FORM.encode(), headers={"X-Proxy-Secret": GATE_SECRET})
+            urllib.request.urlopen(request, timeout=1).read()
             return
         except OSError:
             time.sleep(0.1)
