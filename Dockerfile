@@ -5,8 +5,10 @@
 #   docker run --rm --env-file .env tiktok-proxy doctor        (the commands work too)
 #
 # BASE is any Debian-like image with python3 (3.11 or newer) and its venv module on PATH. scripts/container-test
-# builds with one made from Debian's packages (no registry there); everyone else gets python:3.12-slim.
-ARG BASE=python:3.12-slim
+# builds with one made from Debian's packages (no registry there); everyone else gets python:3.11-slim: of
+# 3.11.7, 3.12.1 and 3.13.0 measured side by side, 3.11 relayed the most exchanges for the least CPU
+# (docs/performance.md).
+ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

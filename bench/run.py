@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -133,7 +134,7 @@ def start_proxy(command: list[str], cwd: Path = REPO, env: dict[str, str] | None
         **(env or {}),
     }
     log = open(Path(tempfile.gettempdir()) / "tiktok-proxy-bench.log", "w")  # noqa: SIM115  # closed with the process
-    process = subprocess.Popen(command, env=env, cwd=cwd, stderr=log)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
     wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token")
     return process
 
@@ -160,6 +161,9 @@ def main() -> None:
                         "the table shows each round, then the median (default 1)")  # fmt: skip
     parser.add_argument("--python", action="append", default=[], metavar="PATH",
                         help="also measure this build under another Python (a venv's python with requirements.txt)")  # fmt: skip
+    parser.add_argument("--other", action="append", default=[], metavar="LABEL=COMMAND",
+                        help="also measure another proxy that serves POST /proxy/token on port 18082 and calls the "
+                        "stand-in (http://127.0.0.1:18080/v2/oauth/token/), e.g. the Node.js proxy Auth0's guide links")  # fmt: skip
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N exchanges at 32 connections, sampling RSS")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
@@ -206,6 +210,9 @@ def main() -> None:
                 version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
                 proxied.append(Target(f"proxy, Python {version}", proxy_url, [python, *proxy_command[1:]]))
+            for other in args.other:
+                label, command = other.split("=", 1)
+                proxied.append(Target(label[:33], proxy_url, shlex.split(command)))
             if args.variants:
                 for variant in ("httpx", "httpx2", "aiohttp"):
                     command = [sys.executable, "bench/variants.py", variant, str(PROXY_PORT)]

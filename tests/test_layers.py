@@ -80,11 +80,13 @@ def test_the_checker_sees_imports() -> None:
     assert "tiktok_proxy.auth0.doctor" in edges["tiktok_proxy.cli"]  # a function-level import
 
 
-def test_serving_never_loads_the_auth0_tooling() -> None:
-    code = "import proxy, sys; proxy.app; print(sorted(m for m in sys.modules if m.startswith('tiktok_proxy')))"
+def test_serving_never_loads_the_auth0_tooling_nor_the_oidc_facade_when_it_is_off() -> None:
+    code = "import proxy, sys; proxy.app; print(sorted(m.split('.')[0] if m.startswith('cryptography') else m for m in sys.modules if m.startswith(('tiktok_proxy', 'cryptography'))))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={"PATH": ""}
     )
     modules = eval(loaded.stdout)
     assert "tiktok_proxy.app" in modules
     assert not [module for module in modules if module.startswith("tiktok_proxy.auth0")]
+    # Nor the facade and cryptography, with no OIDC_SIGNING_KEY_FILE: the token route never needs them.
+    assert not {"tiktok_proxy.oidc", "tiktok_proxy.jose", "tiktok_proxy.sealing", "cryptography"} & set(modules)

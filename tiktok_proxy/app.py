@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import metrics, oidc, tiktok
+from . import metrics, tiktok
 from .config import Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
 from .errors import NO_STORE, OAuthError, json_bytes, missing
 from .inbound import (
@@ -244,6 +244,8 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if settings.oidc_key is not None:  # the OpenID Connect facade; otherwise its paths are the ordinary 404
+        from . import oidc  # only then: it loads cryptography, which the token route never needs
+
         routes += oidc.Facade(settings).routes()
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],

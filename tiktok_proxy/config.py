@@ -11,12 +11,9 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import load_dotenv
 
 DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
@@ -25,8 +22,11 @@ DEFAULT_REVOKE_URL = "https://open.tiktokapis.com/v2/oauth/revoke/"
 DEFAULT_USERINFO_URL = "https://open.tiktokapis.com/v2/user/info/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OIDC_SUBJECTS = ("open_id", "union_id")
-# The keys the OpenID Connect facade signs with: RSA (RS256) or EC P-256 (ES256).
-SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+if TYPE_CHECKING:  # cryptography loads only once the OpenID Connect facade is on: the token route never needs it
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    # The keys the OpenID Connect facade signs with: RSA (RS256) or EC P-256 (ES256).
+    SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,10 @@ def issuer_url(value: str | None) -> str:
 
 def signing_key(name: str, path: str) -> SigningKey:
     """A PEM private key the facade can sign with. Messages name the file, never anything in it."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         with open(path, "rb") as file:
             pem = file.read()

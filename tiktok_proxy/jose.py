@@ -11,13 +11,14 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .config import SigningKey
+if TYPE_CHECKING:
+    from .config import SigningKey
 
 
 def b64url(data: bytes) -> str:
