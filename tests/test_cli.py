@@ -86,6 +86,18 @@ class RunningProxy:
         self.process, self.url = process, f"http://127.0.0.1:{port}"
         self.log_format = "plain"
 
+    @classmethod
+    def start(cls, arguments: list[str], env: dict[str, str], cwd: Path) -> RunningProxy:
+        """`python proxy.py ARGUMENTS --port P` in a process of its own, once it answers /healthz."""
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "proxy.py"), *arguments, "--port", str(port)],
+            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        running = cls(process, port)
+        wait_until_healthy(running.url, process)
+        return running
+
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=15)
@@ -313,32 +325,12 @@ def test_off_loopback_without_a_gate_the_proxy_refuses_to_start(
 
 def test_host_on_the_command_line_wins_over_a_host_in_the_environment(tmp_path: Path) -> None:
     # HOST=0.0.0.0 (the image's) with no gate, but --host 127.0.0.1: the proxy listens on loopback only, and starts.
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "proxy.py"), "--host", "127.0.0.1", "--port", str(port)],
-        env=clean_env(HOST="0.0.0.0"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    running = RunningProxy(process, port)
-    wait_until_healthy(running.url, process)
+    running = RunningProxy.start(["--host", "127.0.0.1"], clean_env(HOST="0.0.0.0"), tmp_path)
     assert "gate=open" in running.stop()
 
 
 def test_an_open_relay_off_loopback_is_an_explicit_and_loud_choice(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "proxy.py"), "--host", "0.0.0.0", "--port", str(port)],
-        env=clean_env(ALLOW_OPEN_RELAY="true"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    running = RunningProxy(process, port)
-    wait_until_healthy(running.url, process)
+    running = RunningProxy.start(["--host", "0.0.0.0"], clean_env(ALLOW_OPEN_RELAY="true"), tmp_path)
     log = running.stop()
     assert "gate=open" in log
     assert "WARNING tiktok_proxy OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on 0.0.0.0" in log

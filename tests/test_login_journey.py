@@ -25,13 +25,14 @@ import pytest
 import trustme
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import load_settings
 
 from conftest import ServerThread, screenshot
+from stand_ins.app_page import page
 from stand_ins.auth0_login import Auth0LoginStandIn
 from stand_ins.auth0_management import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, USER, TikTokStandIn
@@ -42,24 +43,6 @@ GATE_SECRET = "gate-secret-for-the-journeys-0123456789"
 SIGNED_IN = f"Signed in as Ada on TikTok (oauth2|tiktok|{USER['open_id']})"
 
 # ------------------------------------------------------------------------------------- the application
-
-STYLE = """
-body { font-family: system-ui, sans-serif; background: #f4f4f6; margin: 0; display: grid; place-items: center;
-       min-height: 100vh; color: #161823; }
-main { background: #fff; padding: 2.5rem 3rem; border-radius: 14px; box-shadow: 0 4px 24px #0001;
-       min-width: 22rem; max-width: 44rem; }
-h1 { margin-top: 0; font-size: 1.5rem; }
-a.tiktok { display: inline-block; background: #161823; color: #fff; padding: .8rem 1.4rem; border-radius: 8px;
-           text-decoration: none; font-weight: 600; }
-a.tiktok::before { content: "\\266A  "; color: #25f4ee; }
-.error { background: #fff0f1; border-left: 4px solid #fe2c55; padding: .8rem 1rem; border-radius: 4px; }
-code { font-weight: 600; }
-.muted { color: #6b6d76; font-size: .9rem; white-space: nowrap; }
-"""
-
-
-def page(title: str, body: str) -> Response:
-    return HTMLResponse(f"<!doctype html><title>{title}</title><style>{STYLE}</style><main>{body}</main>")
 
 
 def application(tenant: str) -> Starlette:

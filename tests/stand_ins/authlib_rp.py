@@ -19,25 +19,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-STYLE = """
-body { font-family: system-ui, sans-serif; background: #f4f4f6; margin: 0; display: grid; place-items: center;
-       min-height: 100vh; color: #161823; }
-main { background: #fff; padding: 2.5rem 3rem; border-radius: 14px; box-shadow: 0 4px 24px #0001;
-       min-width: 22rem; max-width: 44rem; }
-h1 { margin-top: 0; font-size: 1.5rem; }
-a.tiktok { display: inline-block; background: #161823; color: #fff; padding: .8rem 1.4rem; border-radius: 8px;
-           text-decoration: none; font-weight: 600; }
-a.tiktok::before { content: "\\266A  "; color: #25f4ee; }
-.error { background: #fff0f1; border-left: 4px solid #fe2c55; padding: .8rem 1rem; border-radius: 4px; }
-.muted { color: #6b6d76; font-size: .9rem; }
-"""
-
-
-def page(title: str, body: str) -> Response:
-    return HTMLResponse(f"<!doctype html><title>{title}</title><style>{STYLE}</style><main>{body}</main>")
+from .app_page import page
 
 
 def failed(error: str, description: str) -> Response:
