@@ -453,6 +453,28 @@ def test_pipelined_requests_are_answered_in_order_and_none_is_lost(
     assert len([line for line in proxy_lines(caplog) if line.startswith("event=token outcome=ok")]) == 2
 
 
+@pytest.mark.parametrize(
+    "upgrade",
+    [b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+     b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"],
+    ids=["h2c", "websocket"],
+)  # fmt: skip
+def test_a_request_to_switch_protocols_is_refused_at_once(
+    limited: ServerThread, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture, upgrade: bytes
+) -> None:
+    """The parser would take a body after Upgrade for the new protocol's bytes, so a POST would reach the app
+    without its body and be refused for the wrong reason: the proxy speaks HTTP/1.1 only, and says so."""
+    request = token_request(tiktok)
+    with connect(limited) as sock, timer() as elapsed:
+        sock.sendall(request.replace(b"Host: proxy\r\n", b"Host: proxy\r\n" + upgrade))
+        ((code, headers, body),) = split_answers(read_to_end(sock))
+        assert elapsed() < 1
+    assert code == 400 and headers["connection"] == "close" and "without Upgrade" in body["error_description"]
+    assert refusals(caplog, "upgrade") == ["event=refused reason=upgrade status=400"]
+    assert "upgrade" not in caplog.text.lower().replace("reason=upgrade", "")  # none of uvicorn's WebSocket advice
+    assert tiktok.seen == []
+
+
 def test_a_client_that_half_closes_after_its_request_gets_the_answer(
     limited: ServerThread, tiktok: TikTokStandIn
 ) -> None:

@@ -38,7 +38,7 @@ OUTCOMES = frozenset(
     }
 )  # fmt: skip
 FAILURE_KINDS = ("connect", "tls", "timeout", "unusable")
-REFUSALS = {"malformed": 400, "gate": 401, "deadline": 408, "body": 413, "head": 431, "full": 503}
+REFUSALS = {"malformed": 400, "upgrade": 400, "gate": 401, "deadline": 408, "body": 413, "head": 431, "full": 503}
 # TikTok usually answers in 0.1 to 0.5 s; the proxy gives up at TIKTOK_TIMEOUT (10 s by default).
 ANSWER_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 

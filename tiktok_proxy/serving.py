@@ -105,6 +105,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.in_head = True  # the next bytes received belong to a request head
         self.head_bytes = 0  # raw bytes received of the current head, counted before the parser sees them
         self.head_size = 0  # the parsed head's size, exact even when a pipelined head shares a read with its elder
+        self.upgrade_refused = False
         self.keep_alive_once_read = False  # what the request asked for, granted once its whole body is in
         self.close_when_answered = False  # shutting down, or the client half-closed: end after the answers due
         self.held: bytes | None = None  # a refusal waiting for the answers before it
@@ -132,7 +133,9 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         self.limits.flush()  # the server is stopping: the refusals not yet in a warning go in one now
-        if self.in_head and not self.head_bytes and self._can_answer() and self.held is None:
+        if self.lingering is not None:
+            self.raw.close()  # its answer is out, and what the client still sends is only being dropped
+        elif self.in_head and not self.head_bytes and self._can_answer() and self.held is None:
             super().shutdown()  # idle: close now
         else:  # a request is arriving or being answered: it gets its answer within the grace period, then the end
             self._close_when_answered()
@@ -187,7 +190,12 @@ class LimitedProtocol(HttpToolsProtocol):
         # The raw count in data_received cannot see where a pipelined head begins inside a read; the parsed head can.
         self.head_size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if self.head_size > MAX_HEAD_BYTES:
-            raise HeadTooLarge  # stops the parser; uvicorn calls send_400_response, which answers 431
+            raise Refused  # stops the parser; uvicorn calls send_400_response, which answers 431
+        if self.parser.should_upgrade():
+            # The parser would take the rest of the connection for the new protocol, a body included: a POST would
+            # reach the app without its body. The proxy speaks HTTP/1.1 only (h2c, WebSocket...), so it refuses.
+            self.upgrade_refused = True
+            raise Refused
         self.in_head = False
         super().on_headers_complete()
         # Keep-alive is earned by reading the whole request: an answer that goes out before the body is all in
@@ -224,6 +232,11 @@ class LimitedProtocol(HttpToolsProtocol):
         """uvicorn's answer to bytes that are not HTTP/1.1 (text/plain there): an OAuth error in JSON here."""
         if self.head_size > MAX_HEAD_BYTES:
             self._refuse_head()
+            return
+        if self.upgrade_refused:
+            log_event(logging.WARNING, event="refused", reason="upgrade", status=400)
+            metrics.refused("upgrade")
+            self._refuse(400, "invalid_request", "this proxy speaks HTTP/1.1 only: send the request without Upgrade")
             return
         log_event(logging.WARNING, event="refused", reason="malformed", status=400)
         metrics.refused("malformed")
@@ -323,8 +336,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.lingering = self.loop.call_later(LINGER_SECONDS, self.raw.close)
 
 
-class HeadTooLarge(Exception):
-    pass
+class Refused(Exception):
+    """Raised in a parser callback to stop the parser; send_400_response then answers what the protocol noted."""
 
 
 class _ClosesThrough:
