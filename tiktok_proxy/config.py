@@ -207,14 +207,8 @@ def issuer_url(value: str | None) -> str:
         raise ConfigError(
             "PUBLIC_URL", "PUBLIC_URL must be set: it is the OpenID Connect issuer (OIDC_SIGNING_KEY_FILE is set)"
         )
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError("PUBLIC_URL", f"PUBLIC_URL must be an absolute https URL with no query, got {value!r}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError(
-            "PUBLIC_URL", f"PUBLIC_URL must use https (http is accepted only for localhost), got {value!r}"
-        )
-    return value.rstrip("/")
+    # The rules of TikTok's URLs: absolute, https (http only for localhost), no query or fragment.
+    return upstream_url("PUBLIC_URL", value).rstrip("/")
 
 
 def signing_key(name: str, path: str) -> SigningKey:

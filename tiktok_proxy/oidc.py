@@ -146,7 +146,7 @@ class Facade:
         except OAuthError as err:
             back = {"error": err.error, "error_description": err.description}
             return back_to_client(redirect_uri, back, params.get("state"), "oidc_authorize", client_id)
-        wanted = tiktok_scopes(scopes)
+        wanted = mapped_to_tiktok(scopes)
         sealed = {
             "c": client_id,
             "r": redirect_uri,
@@ -343,7 +343,7 @@ def checked_request(params: Mapping[str, str]) -> list[str]:
     return scopes
 
 
-def tiktok_scopes(scopes: list[str]) -> list[str]:
+def mapped_to_tiktok(scopes: list[str]) -> list[str]:
     """TikTok's scope names for the requested scopes, each once, in order."""
     mapped = [SCOPES[scope] if scope in SCOPES else scope for scope in scopes]
     return list(dict.fromkeys(scope for scope in mapped if scope))
