@@ -27,8 +27,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
-from tiktok_proxy.jose import Signer, generate_pem, private_key_bytes  # noqa: E402
-from tiktok_proxy.sealing import Sealer  # noqa: E402
+from tiktok_proxy.oidc.jose import Signer, generate_pem, private_key_bytes  # noqa: E402
+from tiktok_proxy.oidc.sealing import Sealer  # noqa: E402
 
 CLAIMS = {
     "iss": "https://tiktok-oidc.example.com",

@@ -21,8 +21,8 @@ import uvicorn
 from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings, load_settings
-from tiktok_proxy.jose import generate_pem, private_key_bytes
-from tiktok_proxy.sealing import Sealer
+from tiktok_proxy.oidc.jose import generate_pem, private_key_bytes
+from tiktok_proxy.oidc.sealing import Sealer
 
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, REVOKE_PATH, TOKEN_PATH, USER_INFO_PATH, TikTokStandIn
 

@@ -1,4 +1,4 @@
-"""The OpenID Connect facade (tiktok_proxy/oidc.py): discovery, the sign-in steps, and every local refusal.
+"""The OpenID Connect facade (tiktok_proxy/oidc/): discovery, the sign-in steps, and every local refusal.
 
 A real proxy under uvicorn, configured from environment variables as in production, and the TikTok stand-in,
 over loopback. The flow is driven step by step here, so that each refusal can be aimed at one step; the real
@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tiktok_proxy.config import ConfigError, load_settings
-from tiktok_proxy.sealing import Sealer
+from tiktok_proxy.oidc.sealing import Sealer
 
 from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, ServerThread, free_port, oidc_env
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, TikTokStandIn
@@ -213,7 +213,7 @@ def test_oidc_keygen_prints_a_key_the_proxy_accepts(tmp_path: Path) -> None:
         assert result.returncode == 0 and result.stdout.startswith("-----BEGIN PRIVATE KEY-----"), result.stderr
         (tmp_path / f"{kind}.pem").write_text(result.stdout)
         env = oidc_env("http://127.0.0.1:1", str(tmp_path / f"{kind}.pem"), PUBLIC_URL="https://idp.example.com")
-        from tiktok_proxy.jose import Signer
+        from tiktok_proxy.oidc.jose import Signer
 
         key = load_settings(env).oidc_key
         assert key is not None and Signer.of(key).alg == alg

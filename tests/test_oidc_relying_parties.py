@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tiktok_proxy.jose import Signer
+from tiktok_proxy.oidc.jose import Signer
 
 from conftest import RP_REDIRECT, OIDCProxy, ServerThread
 from stand_ins.authlib_rp import AuthlibRelyingParty

@@ -244,9 +244,9 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if settings.oidc_key is not None:  # the OpenID Connect facade; otherwise its paths are the ordinary 404
-        from . import oidc  # only then: it loads cryptography, which the token route never needs
+        from .oidc import facade  # only then: it loads cryptography, which the token route never needs
 
-        routes += oidc.Facade(settings).routes()
+        routes += facade.routes(settings)
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

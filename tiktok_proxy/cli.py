@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--port must be between 1 and 65535")
     if args.command == "oidc-keygen":
         # To stdout only, for a redirect into a file: python proxy.py oidc-keygen > oidc-key.pem
-        from .jose import generate_pem  # here: it loads cryptography, which serving never needs
+        from .oidc.jose import generate_pem  # here: it loads cryptography, which serving never needs
 
         print(generate_pem(args.type), end="")
         return

@@ -65,7 +65,7 @@ class Settings:
     scopes: str = "user.info.basic"
     # Start on a non-loopback address with no gate at all. Only for a network where nothing else can reach it.
     allow_open_relay: bool = False
-    # The OpenID Connect facade (tiktok_proxy/oidc.py), on only when oidc_key is set. public_url is its issuer.
+    # The OpenID Connect facade (tiktok_proxy/oidc/), on only when oidc_key is set. public_url is its issuer.
     public_url: str = ""
     userinfo_url: str = DEFAULT_USERINFO_URL
     oidc_key: SigningKey | None = field(default=None, repr=False)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 if TYPE_CHECKING:
-    from .config import SigningKey
+    from ..config import SigningKey
 
 
 def b64url(data: bytes) -> str:

@@ -1,0 +1,94 @@
+"""The provider itself: its keys, its sealed values, its discovery document, and the ID tokens it signs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import tiktok
+from ..config import Settings
+from ..errors import OAuthError
+from .claims import PROFILE_CLAIMS, profile_claims
+from .jose import Signer, jwks, private_key_bytes
+from .sealing import Sealer
+
+CALLBACK_PATH = "/oidc/callback"  # PUBLIC_URL + this: the one redirect URI to register at TikTok
+STATE_LIFETIME = 600  # seconds for the user to sign in on TikTok's page
+CODE_LIFETIME = 60  # seconds for the relying party to redeem its code (RFC 6749 §4.1.2 advises 10 minutes at most)
+ID_TOKEN_LIFETIME = 3600
+
+
+class Provider:
+    """What every step shares, built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.oidc_key is not None
+        self.settings = settings
+        self.issuer = settings.public_url
+        self.callback_url = self.issuer + CALLBACK_PATH
+        keys = [settings.oidc_key, *settings.oidc_previous_keys]
+        signers = [Signer.of(key) for key in keys]
+        self.signer = signers[0]
+        secrets = [private_key_bytes(key) for key in keys]
+        self.states, self.codes = Sealer("state", secrets), Sealer("code", secrets)
+        self.jwks = jwks(signers)
+        self.discovery = {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/oidc/authorize",
+            "token_endpoint": f"{self.issuer}/oidc/token",
+            "userinfo_endpoint": f"{self.issuer}/oidc/userinfo",
+            "jwks_uri": f"{self.issuer}/oidc/jwks",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": sorted({signer.alg for signer in signers}),
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "scopes_supported": ["openid", "profile", "offline_access"],
+            "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", *PROFILE_CLAIMS],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+        }
+
+    async def configuration(self, request: Request) -> Response:
+        return JSONResponse(self.discovery, headers={"Cache-Control": "public, max-age=3600"})
+
+    async def keys(self, request: Request) -> Response:
+        # Short: after a rotation, relying parties must soon see the new key (they also refetch on an unknown kid).
+        return JSONResponse(self.jwks, headers={"Cache-Control": "public, max-age=300"})
+
+    def id_token(self, user: Mapping[str, Any], client_id: str, nonce: str | None) -> str:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": self.subject(user), "aud": client_id, "iat": now}
+        claims["exp"] = now + ID_TOKEN_LIFETIME
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return self.signer.sign({**claims, **profile_claims(user)})
+
+    def subject(self, user: Mapping[str, Any]) -> str:
+        subject = user.get(self.settings.oidc_subject)
+        if not isinstance(subject, str) or not subject:
+            name = self.settings.oidc_subject
+            raise OAuthError(502, "server_error", f"TikTok's user info has no {name} (OIDC_SUBJECT={name})")
+        return subject
+
+    async def user(
+        self,
+        request: Request,
+        access_token: str,
+        granted: list[str] | None,
+        refused: Callable[[OAuthError], OAuthError],
+    ) -> dict[str, Any]:
+        """TikTok's user object; `refused` turns TikTok's refusal of the token into this endpoint's error."""
+        try:
+            return await tiktok.user_info(request.state.upstream, self.settings, access_token, granted)
+        except OAuthError as err:
+            if err.status >= 500 or err.status == 429:
+                raise
+            raise refused(err) from None
