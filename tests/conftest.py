@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +24,7 @@ import uvicorn
 from tiktok_proxy import metrics
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings, load_settings
-from tiktok_proxy.oidc.jose import generate_pem, private_key_bytes
+from tiktok_proxy.oidc.jose import Signer, generate_pem, private_key_bytes
 from tiktok_proxy.oidc.sealing import Sealer
 
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, REVOKE_PATH, TOKEN_PATH, USER_INFO_PATH, TikTokStandIn
@@ -74,6 +77,30 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[str], seconds: f
             output = process.communicate()
             raise RuntimeError(f"proxy did not start: {output}")
         time.sleep(0.05)
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[str], name: str, seconds: float = 10) -> None:
+    """Wait for a server started as its own process to accept connections; fail with its output if it died."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = "".join(part for part in process.communicate() if part)
+                raise RuntimeError(f"{name} did not start: {output}") from None
+            time.sleep(0.05)
+
+
+def debian_command(name: str, package: str) -> str:
+    """Where the command a Debian package installs is; the test fails, saying so, when it is missing."""
+    # Debian puts servers in /usr/sbin (nginx, apache2), which a non-root user's PATH often lacks.
+    found = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if not found:
+        pytest.fail(f"{name} is not installed: scripts/setup-tests installs it (Debian package {package})")
+    return found
 
 
 def free_port() -> int:
@@ -261,6 +288,32 @@ def oidc_env(tiktok_url: str, key_file: str, **changes: str) -> dict[str, str]:
         "OIDC_REDIRECT_URIS": f"{RP_REDIRECT},https://app.example/other-callback",
         **changes,
     }
+
+
+def answer_consent(browser: httpx.Client, page: httpx.Response, decision: str = "authorize") -> httpx.Response:
+    """A click on Authorize (or Cancel) on the TikTok stand-in's consent page, as the browser got the page."""
+    consent = re.search(r'name="consent" value="([^"]+)"', page.text)
+    assert consent, page.text
+    return browser.post(str(page.url).split("?")[0], data={"consent": consent[1], "decision": decision})
+
+
+def jwt_part(token: str, index: int) -> dict[str, Any]:
+    """The header (0) or the claims (1) of a compact JWS, decoded as they are, unverified."""
+    part = token.split(".")[index]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return decoded
+
+
+def broken_signature(sign: Callable[[Signer, dict[str, Any]], str]) -> Callable[[Signer, dict[str, Any]], str]:
+    """Signer.sign with one bit of the signature flipped, to prove a relying party checks it."""
+
+    def broken(self: Signer, claims: dict[str, Any]) -> str:
+        head, body, signature = sign(self, claims).split(".")
+        flipped = bytearray(base64.urlsafe_b64decode(signature + "=="))
+        flipped[0] ^= 1
+        return f"{head}.{body}.{base64.urlsafe_b64encode(flipped).rstrip(b'=').decode()}"
+
+    return broken
 
 
 @pytest.fixture

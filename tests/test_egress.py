@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -30,7 +29,7 @@ from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings, load_settings
 from tiktok_proxy.upstream import EgressProxy, UpstreamClient, bypasses_proxy
 
-from conftest import ServerThread, free_port
+from conftest import ServerThread, debian_command, free_port, wait_until_listening
 from test_token import assert_oauth_error
 
 GRANT = {"grant_type": "client_credentials", "client_id": "aw1egresskey", "client_secret": "egress-client-secret"}
@@ -72,8 +71,7 @@ class Tinyproxy:
     """tinyproxy in the foreground on a free loopback port, with its own configuration and log file."""
 
     def __init__(self, folder: Path, connect_port: int, *, basic_auth: bool) -> None:
-        binary = shutil.which("tinyproxy")
-        assert binary, "tinyproxy is missing: run scripts/setup-tests (Debian package tinyproxy)"
+        binary = debian_command("tinyproxy", "tinyproxy")
         self.port = free_port()
         self.log = folder / f"tinyproxy-{self.port}.log"
         config = folder / f"tinyproxy-{self.port}.conf"
@@ -84,16 +82,7 @@ class Tinyproxy:
         self.process = subprocess.Popen(
             [binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    raise RuntimeError(f"tinyproxy did not start: {self.process.communicate()[1]}") from None
-                time.sleep(0.02)
+        wait_until_listening(self.port, self.process, "tinyproxy")
 
     @property
     def url(self) -> str:

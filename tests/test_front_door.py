@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, free_port, wait_until_healthy
+from conftest import ServerThread, debian_command, free_port, wait_until_healthy, wait_until_listening
 from stand_ins.tiktok import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 from test_token import code_grant
 
@@ -75,14 +73,6 @@ http {{
     }}
 }}
 """
-
-
-def nginx_command() -> str:
-    # Debian puts nginx in /usr/sbin, which a non-root user's PATH often lacks.
-    found = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
-    if not found:
-        pytest.fail("nginx is not installed: scripts/setup-tests installs it (Debian package nginx)")
-    return found
 
 
 def tcp_sockets() -> list[tuple[int, int, str]]:
@@ -148,7 +138,7 @@ class FrontDoor:
 @contextmanager
 def running_nginx(proxy: Proxy, workdir: Path, keepalive_timeout: int) -> Iterator[FrontDoor]:
     """nginx in the foreground, with its own config, pid, logs and temp files in workdir, on a free port."""
-    command, port = nginx_command(), free_port()
+    command, port = debian_command("nginx", "nginx"), free_port()
     user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would run as nobody: no way into workdir
     conf = workdir / "nginx.conf"
     conf.write_text(
@@ -160,16 +150,7 @@ def running_nginx(proxy: Proxy, workdir: Path, keepalive_timeout: int) -> Iterat
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    raise RuntimeError(f"nginx did not start: {process.communicate()[0]}") from None
-                time.sleep(0.05)
+        wait_until_listening(port, process, "nginx")
         yield FrontDoor(f"http://127.0.0.1:{port}", workdir)
     finally:
         process.send_signal(signal.SIGQUIT)  # graceful shutdown
@@ -299,7 +280,7 @@ def journeys(
     stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future[Journey]]]:
     """Every scenario at once, each on its own proxy and nginx: the module takes as long as the longest."""
-    nginx_command()  # fail at once, with the reason, when nginx is missing
+    debian_command("nginx", "nginx")  # fail at once, with the reason, when nginx is missing
     tiktok, tiktok_server = stand_in_server
     tiktok.reset()  # the session's stand-in: no fault left over from an earlier test
 
