@@ -7,8 +7,9 @@ kind of machine cannot play it as it is, and where the test must point it at the
 
 - metadata.name becomes NAME: podman names the pod after it, and two runs on one machine must not collide.
 - Each `valueFrom.secretKeyRef` becomes a literal `value`, taken from this process's environment variable named
-  like the Secret's key: podman cannot read a Secret's values ("not valid JSON"). An optional one whose variable
-  is unset is left out, as on a cluster whose Secret lacks that key.
+  like the Secret's key: the Secret is created apart, not rendered, and podman 4.3 cannot read a Secret's values
+  even from the same file ("not valid JSON"). An optional one whose variable is unset is left out, as on a
+  cluster whose Secret lacks that key.
 - `ports` is dropped, and the probes' port becomes the number PORT: on the host network (there is no bridge
   here) podman refuses port mappings, and a probe's named port would then name nothing.
 - The PORT variable becomes PORT: on the host network the container listens on this machine's ports, where 3333
