@@ -1,4 +1,5 @@
-"""The container image: scripts/container-test builds it and runs it against a TikTok stand-in started here.
+"""The container image: scripts/container-test builds it and runs it against a TikTok stand-in started here, then
+plays the Kubernetes Deployment (deploy/kubernetes/base) on it with `podman kube play`.
 
 The first run on a machine also builds a Debian base image (about a minute); later runs reuse podman's layer cache.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -43,6 +45,7 @@ def test_the_container_image_serves_and_stops_cleanly() -> None:
                 "TIKTOK_STAND_IN_CLIENT_KEY": CLIENT_KEY,
                 "TIKTOK_STAND_IN_CLIENT_SECRET": CLIENT_SECRET,
                 "TIKTOK_STAND_IN_SLOW_CLIENT_KEY": SLOW_CLIENT_KEY,
+                "PYTHON": sys.executable,
             },
             capture_output=True,
             text=True,
@@ -52,5 +55,6 @@ def test_the_container_image_serves_and_stops_cleanly() -> None:
     print("\n".join(report))  # shown with -s, or when the test fails
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert report[-1] == "container-test: passed"
-    # Both exchanges went through the container to the stand-in, the slow one included.
-    assert [seen.form["client_key"] for seen in stand_in.seen] == [[CLIENT_KEY], [SLOW_CLIENT_KEY]]
+    # Every exchange went through to the stand-in: the container's two, the slow one included, then the pod's two,
+    # the second during its preStop.
+    assert [seen.form["client_key"] for seen in stand_in.seen] == [[CLIENT_KEY], [SLOW_CLIENT_KEY]] + [[CLIENT_KEY]] * 2

@@ -8,7 +8,6 @@ those commands.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -78,9 +77,8 @@ def serve(host: str | None, port: int | None) -> None:
         log_config=logging_config(settings.log_level, settings.log_format),
         timeout_keep_alive=settings.keep_alive_timeout,  # serving.py applies it too, under any start
         access_log=False,  # access lines would carry query strings; the proxy logs one line per exchange
-        # On SIGTERM: stop accepting, let the requests under way finish. One still arriving has up to REQUEST_TIMEOUT
-        # to come in whole, then its exchange with TikTok up to TIKTOK_TIMEOUT.
-        timeout_graceful_shutdown=math.ceil(settings.request_timeout + settings.timeout) + 1,
+        # On SIGTERM: stop accepting, let the requests under way finish.
+        timeout_graceful_shutdown=serving.drain_seconds(settings),
         # REQUEST_TIMEOUT, MAX_CONNECTIONS and the head cap, in each worker (docs/operations/serving-limits.md).
         http="tiktok_proxy.serving:LimitedHttpToolsProtocol",
         # A flood takes this many open files at once, before any refusal: serving.OpenFiles keeps it in budget.

@@ -413,6 +413,13 @@ def open_files(settings: Settings) -> OpenFiles:
     return OpenFiles.share(math.inf if soft == resource.RLIM_INFINITY else soft, settings.max_connections)
 
 
+def drain_seconds(settings: Settings) -> int:
+    """The longest a stop on SIGTERM takes while the requests under way finish: one still arriving has up to
+    REQUEST_TIMEOUT to come in whole, then its exchange with TikTok up to TIKTOK_TIMEOUT. A container's grace
+    period must cover it (deploy/kubernetes)."""
+    return math.ceil(settings.request_timeout + settings.timeout) + 1
+
+
 def raise_open_file_limit() -> None:
     """The soft open-file limit up to the hard one, as Go programs do by themselves: many systems start processes
     at 1024 however high the hard limit is. Called by `python proxy.py` before uvicorn starts; workers inherit it."""
