@@ -211,8 +211,8 @@ DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 def email_domain(value: str | None) -> str:
     """OIDC_EMAIL_DOMAIN: a DNS name (two labels or more) for the made-up addresses, never TikTok's.
 
-    tiktok.com is a real domain whose mail TikTok receives: an address there would name someone else's mailbox,
-    and a platform that trusts it could link accounts by it."""
+    tiktok.com is a real domain, TikTok's: an address there could be someone's real mailbox, and a platform that
+    trusted it could link accounts by it."""
     if value is None:
         return ""
     domain = value.lower().removesuffix(".")
@@ -224,8 +224,8 @@ def email_domain(value: str | None) -> str:
     if domain == "tiktok.com" or domain.endswith(".tiktok.com"):
         raise ConfigError(
             "OIDC_EMAIL_DOMAIN",
-            f"OIDC_EMAIL_DOMAIN must not be TikTok's domain ({value!r}): the addresses would be real mailboxes "
-            "TikTok receives; use a domain you own, or one under .invalid (e.g. tiktok-users.invalid)",
+            f"OIDC_EMAIL_DOMAIN must not be TikTok's domain ({value!r}): mail to the made-up addresses would go to "
+            "TikTok; use a domain you own, or one under .invalid (e.g. tiktok-users.invalid)",
         )
     return domain
 
