@@ -122,7 +122,12 @@ test('max_age: the ID token carries auth_time, and openid-client checks it', asy
 test('prompt=none: login_required at once, with the state, and no TikTok page', async () => {
   const config = await configuration();
   const state = client.randomState();
-  const url = client.buildAuthorizationUrl(config, { redirect_uri: rp.redirectUri, scope: 'openid', prompt: 'none', state });
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: rp.redirectUri,
+    scope: 'openid',
+    prompt: 'none',
+    state,
+  });
   const answer = await fetch(url, { redirect: 'manual' });
   const back = new URL(answer.headers.get('location'));
   assert.ok(back.href.startsWith(`${rp.redirectUri}?`), back.href); // straight back to the relying party
