@@ -127,3 +127,21 @@ def test_the_readmes_links_land(site: Path) -> None:
             page = site / Path(target).relative_to("docs").with_suffix("") / "index.html"
             page = site / "index.html" if target == "docs/index.md" else page
             assert f'id="{anchor}"' in page.read_text(), f"README.md: {target} has no heading #{anchor}"
+
+
+# TikTok's pages have said 24 hours and 365 days, then 2 hours and 180 days: none of them is a fact to build on.
+TIKTOK_LIFETIMES = re.compile(r"\b(24 hours|2 hours|365 days|180 days|86400|31536000|7200|15552000)\b")
+
+
+def test_no_page_states_a_tiktok_token_lifetime() -> None:
+    """The proxy passes expires_in and refresh_expires_in as TikTok answers them; the docs and the code's comments
+    say so, and never give a figure of their own."""
+    sources = [REPO / "README.md", REPO / ".env.example", *(REPO / "docs").rglob("*.md")]
+    sources += (REPO / "tiktok_proxy").rglob("*.py")
+    stated = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sources
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if TIKTOK_LIFETIMES.search(line)
+    ]
+    assert stated == []

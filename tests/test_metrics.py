@@ -123,7 +123,7 @@ def test_exchanges_are_counted_with_bounded_labels(proxy_with, tiktok: TikTokSta
     assert "a_brand_new_tiktok_error" not in text
     assert not [secret for secret in sensitive if secret in text]
     labels = {label for (_, pairs) in after for label, _ in pairs}
-    assert labels <= {"route", "grant", "outcome", "status", "kind", "reason", "le"}
+    assert labels <= {"route", "grant", "outcome", "status", "kind", "reason", "id_token", "le"}
 
 
 def test_serving_does_not_load_prometheus_client_before_the_workers_start() -> None:

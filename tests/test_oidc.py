@@ -14,6 +14,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tiktok_proxy.config import ConfigError, load_settings
 from tiktok_proxy.oidc.sealing import Sealer
 
 from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, ServerThread, free_port, oidc_env
-from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, USER_INFO_PATH, TikTokStandIn, envelope, reply
 
 REPO = Path(__file__).resolve().parent.parent
 VERIFIER = "a-code-verifier-of-forty-three-characters-at-least-0123456789"
@@ -102,6 +103,21 @@ def token_requests(tiktok: TikTokStandIn) -> int:
     return sum(seen.path == TOKEN_PATH for seen in tiktok.seen)
 
 
+def refresh(proxy: OIDCProxy, refresh_token: str) -> httpx.Response:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return proxy.http.post(proxy.url + "/oidc/token", data=form, auth=(CLIENT_KEY, CLIENT_SECRET))
+
+
+METRICS_TOKEN = "metrics-token-0123456789"
+
+
+def refresh_id_tokens(proxy: OIDCProxy) -> dict[str, float]:
+    """tiktok_proxy_oidc_refresh_id_tokens_total, by id_token (issued, omitted)."""
+    text = proxy.http.get(proxy.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+    found = re.findall(r'^tiktok_proxy_oidc_refresh_id_tokens_total\{id_token="(\w+)"\} (\S+)$', text, re.M)
+    return {outcome: float(count) for outcome, count in found}
+
+
 # --------------------------------------------------------------------------------------------- discovery
 
 
@@ -119,6 +135,7 @@ def test_discovery_names_the_issuer_exactly_and_the_endpoints(start_oidc: Callab
     assert document["code_challenge_methods_supported"] == ["S256"]
     assert document["token_endpoint_auth_methods_supported"] == ["client_secret_post", "client_secret_basic"]
     assert "email" not in document["scopes_supported"]  # TikTok has no email
+    assert "email" not in document["claims_supported"] and "auth_time" in document["claims_supported"]
     keys = proxy.http.get(document["jwks_uri"])
     assert keys.headers["content-type"] == "application/json"
     (jwk,) = keys.json()["keys"]
@@ -170,6 +187,15 @@ def test_without_a_signing_key_the_facade_is_a_plain_404(client: httpx.Client) -
         ({"OIDC_SUBJECT": "email"}, "OIDC_SUBJECT"),
         ({"OIDC_SIGNING_KEY_FILE": "/nonexistent/key.pem"}, "OIDC_SIGNING_KEY_FILE"),
         ({"OIDC_PREVIOUS_KEY_FILES": "/nonexistent/old.pem"}, "OIDC_PREVIOUS_KEY_FILES"),
+        ({"OIDC_EMAIL_DOMAIN": "tiktok.com"}, "OIDC_EMAIL_DOMAIN"),  # someone else's real domain
+        ({"OIDC_EMAIL_DOMAIN": "TikTok.com."}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "users.tiktok.com"}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "invalid"}, "OIDC_EMAIL_DOMAIN"),  # one label: not an address's domain
+        ({"OIDC_EMAIL_DOMAIN": "users example.com"}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "@example.com"}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "-users.example.com"}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "users..example.com"}, "OIDC_EMAIL_DOMAIN"),
+        ({"OIDC_EMAIL_DOMAIN": "b\u00fccher.example"}, "OIDC_EMAIL_DOMAIN"),  # IDNs as xn-- labels
     ],
 )
 def test_a_bad_setting_names_its_variable(key_files: dict[str, str], changes: dict[str, str], variable: str) -> None:
@@ -177,6 +203,22 @@ def test_a_bad_setting_names_its_variable(key_files: dict[str, str], changes: di
     with pytest.raises(ConfigError) as caught:
         load_settings(env)
     assert caught.value.variable == variable and variable in str(caught.value)
+
+
+def test_the_email_domain_is_read_as_a_dns_name(key_files: dict[str, str]) -> None:
+    env = oidc_env("http://127.0.0.1:1", key_files["rsa"], PUBLIC_URL="https://idp.example.com")
+    assert load_settings(env).oidc_email_domain == ""  # off by default
+    for value, domain in [
+        ("tiktok-users.invalid", "tiktok-users.invalid"),
+        ("Users.Example.COM.", "users.example.com"),
+        ("nottiktok.com", "nottiktok.com"),  # only TikTok's own domain is refused
+        ("tiktok.com.example.net", "tiktok.com.example.net"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ]:
+        assert load_settings({**env, "OIDC_EMAIL_DOMAIN": value}).oidc_email_domain == domain, value
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**env, "OIDC_EMAIL_DOMAIN": "tiktok.com"})
+    assert "a domain you own, or one under .invalid" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_key_that_cannot_sign_is_refused_without_showing_it(tmp_path: Path, key_files: dict[str, str]) -> None:
@@ -262,6 +304,12 @@ def test_an_unknown_client_or_redirect_uri_gets_a_page_never_a_redirect(
     ("changes", "error"),
     [
         ({"response_type": "token"}, "unsupported_response_type"),
+        ({"response_type": ""}, "invalid_request"),  # missing (RFC 6749 §4.1.2.1)
+        ({"request_uri": "https://app.example/request.jwt"}, "request_uri_not_supported"),
+        ({"request_uri": "urn:x", "response_type": ""}, "request_uri_not_supported"),  # it may hold the rest
+        ({"prompt": "none login"}, "invalid_request"),
+        ({"max_age": "soon"}, "invalid_request"),
+        ({"max_age": "-1"}, "invalid_request"),
         ({"scope": "profile"}, "invalid_scope"),
         ({"code_challenge_method": "plain"}, "invalid_request"),
         ({"code_challenge_method": ""}, "invalid_request"),  # a challenge without a method is plain
@@ -278,6 +326,65 @@ def test_other_authorize_errors_go_back_to_the_client_with_its_state(
     assert answer.headers["location"].startswith(RP_REDIRECT + "?")
     back = query_of(answer)
     assert back["error"] == error and back["state"] == "rp-state-1" and back["error_description"]
+    assert tiktok.seen == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"prompt": "none"},
+        {"prompt": "none", "id_token_hint": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."},  # a hint changes nothing
+        {"prompt": "none", "max_age": "0"},
+    ],
+)
+def test_prompt_none_answers_login_required_without_sending_the_browser_to_tiktok(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, changes: dict[str, str]
+) -> None:
+    """OIDC Core §3.1.2.1: no page at all. The facade cannot know a TikTok session without TikTok's page."""
+    proxy = start_oidc()
+    answer = proxy.http.get(proxy.url + "/oidc/authorize", params=authorize_params(**changes))
+    assert answer.headers["location"].startswith(RP_REDIRECT + "?")  # straight back, never to TikTok
+    back = query_of(answer)
+    assert back["error"] == "login_required" and back["state"] == "rp-state-1"
+    assert "prompt=none" in back["error_description"]
+    assert tiktok.seen == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "always_show_page"),
+    [
+        ({}, False),
+        ({"prompt": "login"}, True),
+        ({"prompt": "consent"}, True),
+        ({"prompt": "select_account login"}, True),
+        ({"max_age": "0"}, True),  # the facade cannot know when the user last signed in to TikTok
+        ({"max_age": "3600"}, True),
+        ({"prompt": "create"}, False),  # a value the facade does not know changes nothing
+        ({"id_token_hint": "not.even.a-jwt", "login_hint": "ada"}, False),  # ignored, never a page
+    ],
+)
+def test_prompt_login_consent_and_max_age_make_tiktok_show_its_page(
+    start_oidc: Callable[..., OIDCProxy], changes: dict[str, str], always_show_page: bool
+) -> None:
+    proxy = start_oidc()
+    answer = proxy.http.get(proxy.url + "/oidc/authorize", params=authorize_params(**changes))
+    assert answer.headers["location"].startswith(proxy.settings.authorize_url + "?")
+    sent = query_of(answer)
+    assert ("disable_auto_auth" in sent) is always_show_page
+    if always_show_page:
+        assert sent["disable_auto_auth"] == "1"  # TikTok's page even for a session that consented before
+    assert not {"prompt", "max_age", "id_token_hint", "login_hint"} & sent.keys()  # the relying party's, not TikTok's
+
+
+def test_scopes_that_are_neither_openid_nor_tiktok_are_ignored(start_oidc: Callable[..., OIDCProxy]) -> None:
+    """OIDC Core §3.1.2.1: unknown scopes SHOULD be ignored; TikTok would refuse the whole sign-in (invalid_scope)."""
+    proxy = start_oidc()
+    scope = "openid profile groups roles User.Info.Stats user.info.stats video.list"
+    sent = query_of(proxy.http.get(proxy.url + "/oidc/authorize", params=authorize_params(scope=scope)))
+    assert sent["scope"] == "user.info.basic,user.info.profile,user.info.stats,video.list"
+    # Through TikTok's page (which refuses a scope it does not know), and what the answer says was granted.
+    tokens = redeem(proxy, sign_in(proxy, scope="openid profile groups")["code"]).json()
+    assert tokens["scope"] == "openid profile"
 
 
 # ------------------------------------------------------------------------------------------------- callback
@@ -339,6 +446,7 @@ def test_the_code_flow_gives_tiktok_tokens_and_an_id_token(
     assert claims["iss"] == proxy.url and claims["aud"] == CLIENT_KEY and claims["nonce"] == "rp-nonce-1"
     assert claims["sub"] == USER["open_id"]
     assert claims["exp"] - claims["iat"] == 3600
+    assert "email" not in claims  # TikTok has none, and OIDC_EMAIL_DOMAIN is off
     assert claims["name"] == USER["display_name"] and claims["picture"] == USER["avatar_url"]
     assert claims["preferred_username"] == USER["username"] and claims["profile"] == USER["profile_deep_link"]
     # TikTok got the callback URL as redirect_uri, and the user info call had the token in a header only.
@@ -347,12 +455,64 @@ def test_the_code_flow_gives_tiktok_tokens_and_an_id_token(
     assert "code_verifier" not in exchange.form  # PKCE is the facade's; TikTok's web flow gets none
 
 
+def test_the_id_token_carries_auth_time_when_tiktok_sent_the_user_back(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn
+) -> None:
+    """OIDC Core §2, §3.1.2.1: with max_age, auth_time is a MUST (openid-client refuses the ID token without it)."""
+    proxy = start_oidc()
+    callback = consent(proxy, max_age="600")
+    before = int(time.time())
+    code = come_back(proxy, callback)["code"]
+    after = int(time.time())
+    time.sleep(1.1)  # auth_time is the callback's time, not the token request's
+    first = redeem(proxy, code).json()
+    claims = claims_of(first["id_token"])
+    assert before <= claims["auth_time"] <= after < claims["iat"]
+    plain = claims_of(redeem(proxy, sign_in(proxy)["code"]).json()["id_token"])
+    assert isinstance(plain["auth_time"], int)  # every ID token from the code grant, max_age or not
+    # A refresh cannot know when the user signed in (the refresh token is TikTok's), and says nothing rather than
+    # the refresh's time (OIDC Core §12.2).
+    refreshed = refresh(proxy, first["refresh_token"]).json()
+    assert "auth_time" not in claims_of(refreshed["id_token"])
+
+
 def test_basic_scope_only_gives_no_profile_claims(start_oidc: Callable[..., OIDCProxy]) -> None:
     proxy = start_oidc()
     tokens = redeem(proxy, sign_in(proxy, scope="openid")["code"]).json()
     claims = claims_of(tokens["id_token"])
     assert "preferred_username" not in claims and "profile" not in claims
     assert claims["name"] == USER["display_name"]
+
+
+def test_the_made_up_email_with_oidc_email_domain(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc(OIDC_EMAIL_DOMAIN="TikTok-Users.invalid")
+    document = proxy.http.get(proxy.url + "/.well-known/openid-configuration").json()
+    assert "email" in document["scopes_supported"]
+    assert {"email", "email_verified"} <= set(document["claims_supported"])
+    address = f"{USER['open_id']}@tiktok-users.invalid"
+    tokens = redeem(proxy, sign_in(proxy, scope="openid email profile")["code"]).json()
+    claims = claims_of(tokens["id_token"])
+    assert claims["email"] == address and claims["email_verified"] is False
+    assert tokens["scope"] == "openid profile email"
+    # Only when the relying party asks for it, in the ID token of the code grant.
+    unasked = redeem(proxy, sign_in(proxy)["code"]).json()
+    assert "email" not in claims_of(unasked["id_token"]) and unasked["scope"] == "openid profile"
+    # Userinfo and a refresh get only TikTok's access or refresh token, which carries no OpenID scope: with
+    # OIDC_EMAIL_DOMAIN set, they give the address (nothing more than sub, which they give anyway).
+    headers = {"Authorization": f"Bearer {unasked['access_token']}"}
+    info = proxy.http.get(proxy.url + "/oidc/userinfo", headers=headers).json()
+    assert info["email"] == address and info["email_verified"] is False and info["sub"] == USER["open_id"]
+    refreshed = refresh(proxy, unasked["refresh_token"]).json()
+    assert claims_of(refreshed["id_token"])["email"] == address and refreshed["scope"] == "openid profile email"
+
+
+def test_no_email_without_oidc_email_domain(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc()
+    tokens = redeem(proxy, sign_in(proxy, scope="openid profile email")["code"]).json()
+    assert "email" not in claims_of(tokens["id_token"]) and tokens["scope"] == "openid profile"
+    info = proxy.http.get(proxy.url + "/oidc/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert "email" not in info.json()
+    assert "email" not in claims_of(refresh(proxy, tokens["refresh_token"]).json()["id_token"])
 
 
 def test_union_id_as_the_subject(start_oidc: Callable[..., OIDCProxy]) -> None:
@@ -374,6 +534,71 @@ def test_refresh_gives_a_new_id_token_for_the_same_subject(start_oidc: Callable[
     assert answer.status_code == 200, answer.text
     claims = claims_of(answer.json()["id_token"])
     assert claims["sub"] == claims_of(first["id_token"])["sub"] and "nonce" not in claims
+
+
+@pytest.mark.parametrize(
+    "failure",
+    ["refused", "rate_limited", "tiktok_5xx", "not_json", "unreachable"],
+)
+def test_a_refresh_keeps_tiktoks_new_tokens_when_the_user_info_fails(
+    start_oidc: Callable[..., OIDCProxy],
+    tiktok: TikTokStandIn,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
+) -> None:
+    """TikTok rotates refresh tokens: once it has answered, the one the relying party sent is dead. OIDC Core §12.2
+    makes the ID token optional on a refresh, so a failing user info leaves it out and nothing else."""
+    caplog.set_level(logging.INFO, logger="tiktok_proxy")
+    proxy = start_oidc(METRICS_TOKEN=METRICS_TOKEN)
+    first = redeem(proxy, sign_in(proxy)["code"]).json()
+    refresher = proxy
+    if failure == "unreachable":
+        refresher = start_oidc(TIKTOK_USERINFO_URL=f"http://127.0.0.1:{free_port()}/v2/user/info/")
+    else:
+        tiktok.user_info_fault = {
+            "refused": lambda: envelope(401, "access_token_invalid", "The access token is invalid."),
+            "rate_limited": reply(429, {"error": {"code": "rate_limit_exceeded", "message": "slow down"}}),
+            "tiktok_5xx": reply(503, "<h1>Service Unavailable</h1>", "text/html"),
+            "not_json": reply(200, "not json at all", "text/plain"),
+        }[failure]
+    before = refresh_id_tokens(proxy)
+    tiktok.seen.clear()
+    answer = refresh(refresher, first["refresh_token"])
+    assert answer.status_code == 200, answer.text
+    refreshed = answer.json()
+    assert "id_token" not in refreshed
+    assert refreshed["access_token"] in tiktok.access_tokens and refreshed["refresh_token"] in tiktok.refresh_tokens
+    assert refreshed["token_type"] == "Bearer" and refreshed["expires_in"] and refreshed["refresh_expires_in"]
+    assert refreshed["scope"] == "openid profile"
+    assert [seen.path for seen in tiktok.seen] == [TOKEN_PATH] + ([USER_INFO_PATH] if failure != "unreachable" else [])
+    (line,) = [
+        r.getMessage() for r in caplog.records if "event=oidc_token" in r.getMessage() and "refresh" in r.getMessage()
+    ]
+    assert "outcome=ok" in line and re.search(r" status=200 id_token=omitted:[a-z_]+$", line), line
+    assert refreshed["refresh_token"] not in line and refreshed["access_token"] not in line
+    if failure != "unreachable":  # the other proxy counts apart (one process, one registry: it would count too)
+        assert refresh_id_tokens(proxy) == {"issued": before["issued"], "omitted": before["omitted"] + 1}
+    # Nothing was lost: the new refresh token works, and with TikTok's user info back, the ID token is back.
+    tiktok.user_info_fault = None
+    again = refresh(proxy, refreshed["refresh_token"])
+    assert again.status_code == 200 and claims_of(again.json()["id_token"])["sub"] == USER["open_id"]
+    assert refresh_id_tokens(proxy)["issued"] == before["issued"] + 1
+    assert caplog.records[-1].getMessage().endswith(" status=200 id_token=issued")
+
+
+def test_the_code_grant_without_tiktoks_user_info_is_a_502(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn
+) -> None:
+    """The ID token is the point of an OpenID Connect code grant: without it, the grant fails, and says why."""
+    proxy = start_oidc()
+    code = sign_in(proxy)["code"]
+    tiktok.user_info_fault = reply(429, {"error": {"code": "rate_limit_exceeded", "message": "slow down"}})
+    answer = redeem(proxy, code)
+    assert answer.status_code == 429 and answer.json()["error"] == "temporarily_unavailable"
+    tiktok.user_info_fault = lambda: envelope(401, "access_token_invalid", "The access token is invalid.")
+    answer = redeem(proxy, sign_in(proxy)["code"])
+    assert answer.status_code == 502 and answer.json()["error"] == "server_error"
+    assert "access_token_invalid" in answer.json()["error_description"] and "id_token" not in answer.json()
 
 
 @pytest.mark.parametrize(
@@ -552,6 +777,7 @@ def test_each_step_is_counted_in_the_metrics(start_oidc: Callable[..., OIDCProxy
     tokens = redeem(proxy, sign_in(proxy)["code"]).json()
     proxy.http.get(proxy.url + "/oidc/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     sign_in(proxy, decision="cancel")
+    assert query_of(proxy.http.get(proxy.url + "/oidc/authorize", params=authorize_params(prompt="none")))
     text = proxy.http.get(proxy.url + "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}).text
 
     def count(route: str, grant: str, outcome: str, status: int) -> float:
@@ -562,6 +788,7 @@ def test_each_step_is_counted_in_the_metrics(start_oidc: Callable[..., OIDCProxy
     assert count("oidc_authorize", "none", "redirect", 302) >= 2
     assert count("oidc_callback", "none", "ok", 302) >= 1
     assert count("oidc_callback", "none", "access_denied", 302) >= 1
+    assert count("oidc_authorize", "none", "login_required", 302) >= 1
     assert count("oidc_token", "authorization_code", "ok", 200) >= 1
     assert count("oidc_userinfo", "none", "ok", 200) >= 1
 

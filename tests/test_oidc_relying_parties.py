@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from test_oidc import come_back, consent, redeem
 
 from tiktok_proxy.oidc.jose import Signer
 
@@ -41,14 +42,17 @@ from conftest import (
     wait_until_listening,
 )
 from stand_ins.authlib_rp import AuthlibRelyingParty
-from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, USER, TikTokStandIn
+from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, USER, TikTokStandIn, reply
 
 REPO = Path(__file__).resolve().parent.parent
 RELYING_PARTY = "tests/js/oidc-relying-party.mjs"
 
 
-def openid_client(proxy: OIDCProxy, auth: str, alg: str, passes: bool = True, **more: str) -> str:
-    """Run openid-client's flow (tests/js/oidc-relying-party.mjs) under node --test; its TAP output."""
+def openid_client(
+    proxy: OIDCProxy, auth: str, alg: str, passes: bool = True, only: str | None = None, **more: str
+) -> str:
+    """Run openid-client's flow (tests/js/oidc-relying-party.mjs) under node --test, or `only` the tests whose name
+    has that text; its TAP output."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is missing: run scripts/setup-tests")
@@ -64,7 +68,7 @@ def openid_client(proxy: OIDCProxy, auth: str, alg: str, passes: bool = True, **
         **more,
     }
     result = subprocess.run(
-        [node, "--test", "--test-reporter=tap", RELYING_PARTY],
+        [node, "--test", "--test-reporter=tap", *([f"--test-name-pattern={only}"] if only else []), RELYING_PARTY],
         cwd=REPO,
         env={"PATH": "", "OIDC_RP": json.dumps(rp)},
         capture_output=True,
@@ -79,8 +83,9 @@ def openid_client(proxy: OIDCProxy, auth: str, alg: str, passes: bool = True, **
 @pytest.mark.parametrize("auth", ["post", "basic"])
 def test_openid_client(start_oidc: Callable[..., OIDCProxy], key: str, alg: str, auth: str) -> None:
     output = openid_client(start_oidc(key=key), auth, alg)
-    assert re.search(r"^# pass 3$", output, re.M), output  # the rotation case is skipped here
-    assert "# skipped 1" in output
+    assert re.search(r"^# pass 5$", output, re.M), output  # the rotation and refresh-alone cases are skipped here
+    assert "# skipped 2" in output
+    assert re.search(r"^ok \d+ - max_age: the ID token carries auth_time", output, re.M), output
 
 
 def test_openid_client_across_a_key_rotation(start_oidc: Callable[..., OIDCProxy], tmp_path: Path) -> None:
@@ -90,7 +95,31 @@ def test_openid_client_across_a_key_rotation(start_oidc: Callable[..., OIDCProxy
     before = json.loads(result.read_text())
     proxy.rotate("rsa-next", previous=("rsa",))
     output = openid_client(proxy, "basic", "RS256", oldIdToken=before["idToken"])
-    assert re.search(r"^# pass 4$", output, re.M), output
+    assert re.search(r"^# pass 6$", output, re.M), output
+
+
+def test_openid_client_takes_a_refresh_without_an_id_token(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, tmp_path: Path
+) -> None:
+    """TikTok's user info failing after a refresh: the answer has TikTok's new tokens and no ID token (OIDC Core
+    §12.2), which openid-client accepts; the new refresh token then works."""
+    proxy = start_oidc()
+    code = come_back(proxy, consent(proxy))["code"]
+    first = redeem(proxy, code).json()
+    tiktok.user_info_fault = reply(503, "<h1>Service Unavailable</h1>", "text/html")
+    result = tmp_path / "refreshed.json"
+    output = openid_client(
+        proxy, "post", "RS256", only="without an ID token", refreshToken=first["refresh_token"], resultFile=str(result)
+    )
+    assert re.search(r"^ok \d+ - a refresh answered without an ID token", output, re.M), output
+    assert re.search(r"^# pass 1$", output, re.M), output
+    tiktok.user_info_fault = None
+    again = proxy.http.post(
+        proxy.url + "/oidc/token",
+        data={"grant_type": "refresh_token", "refresh_token": json.loads(result.read_text())["refreshToken"]},
+        auth=(CLIENT_KEY, CLIENT_SECRET),
+    )
+    assert again.status_code == 200 and "id_token" in again.json()
 
 
 def test_openid_client_does_check_the_signature(

@@ -72,6 +72,8 @@ class Settings:
     oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # still in the JWKS
     oidc_redirect_uris: frozenset[str] = field(default_factory=frozenset)  # the relying parties' callbacks
     oidc_subject: str = "open_id"  # or union_id: the same sub across the developer's TikTok apps
+    # Opt-in: TikTok has no email, so the `email` scope gets <sub>@<this domain>, never verified. Empty: no email.
+    oidc_email_domain: str = ""
 
 
 class ConfigError(Exception):
@@ -114,6 +116,7 @@ GOOD_VALUES = {
     "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
+    "OIDC_EMAIL_DOMAIN": "a domain you own, or one under .invalid, e.g. tiktok-users.invalid (or empty: no email)",
 }
 
 
@@ -198,7 +201,33 @@ def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Setti
         oidc_previous_keys=tuple(signing_key("OIDC_PREVIOUS_KEY_FILES", path) for path in previous),
         oidc_redirect_uris=redirect_uris,
         oidc_subject=one_of("OIDC_SUBJECT", raw("OIDC_SUBJECT") or "open_id", OIDC_SUBJECTS),
+        oidc_email_domain=email_domain(raw("OIDC_EMAIL_DOMAIN")),
     )
+
+
+DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def email_domain(value: str | None) -> str:
+    """OIDC_EMAIL_DOMAIN: a DNS name (two labels or more) for the made-up addresses, never TikTok's.
+
+    tiktok.com is a real domain, TikTok's: an address there could be someone's real mailbox, and a platform that
+    trusted it could link accounts by it."""
+    if value is None:
+        return ""
+    domain = value.lower().removesuffix(".")
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(DNS_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(
+            "OIDC_EMAIL_DOMAIN", f"OIDC_EMAIL_DOMAIN must be a domain name such as users.example.com, got {value!r}"
+        )
+    if domain == "tiktok.com" or domain.endswith(".tiktok.com"):
+        raise ConfigError(
+            "OIDC_EMAIL_DOMAIN",
+            f"OIDC_EMAIL_DOMAIN must not be TikTok's domain ({value!r}): mail to the made-up addresses would go to "
+            "TikTok; use a domain you own, or one under .invalid (e.g. tiktok-users.invalid)",
+        )
+    return domain
 
 
 def issuer_url(value: str | None) -> str:

@@ -34,10 +34,11 @@ OUTCOMES = frozenset(
         "unsupported_grant_type", "invalid_scope", "access_denied", "unsupported_response_type", "server_error",
         "temporarily_unavailable", "invalid_token", "unsupported_token_type", "access_token_invalid",
         "internal_error", "invalid_params", "rate_limit_exceeded", "scope_not_authorized", "scope_permission_missed",
-        "request_not_supported",
+        "request_not_supported", "request_uri_not_supported", "login_required",
     }
 )  # fmt: skip
 FAILURE_KINDS = ("connect", "tls", "timeout", "unusable")
+ID_TOKEN_OUTCOMES = ("issued", "omitted")
 REFUSALS = {"malformed": 400, "upgrade": 400, "gate": 401, "deadline": 408, "body": 413, "head": 431, "full": 503}
 # TikTok usually answers in 0.1 to 0.5 s; the proxy gives up at TIKTOK_TIMEOUT (10 s by default).
 ANSWER_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
@@ -98,6 +99,12 @@ class _Recorder:
         self.failures = counter("tiktok_proxy_upstream_failures", "Exchanges with TikTok that failed", ["kind"])
         self.refusals = counter("tiktok_proxy_refusals", "Requests refused by the gate or a serving limit",
                                 ["status", "reason"])  # fmt: skip
+        self.refresh_id_tokens = counter(
+            "tiktok_proxy_oidc_refresh_id_tokens",
+            "OpenID Connect refreshes answered, with a new ID token (issued) or without one, TikTok's user info "
+            "having failed (omitted)",
+            ["id_token"],
+        )
         self.answer_time = Histogram(
             "tiktok_proxy_upstream_answer_seconds", "Time TikTok took to answer", buckets=ANSWER_BUCKETS, registry=home
         )
@@ -109,6 +116,8 @@ class _Recorder:
             self.failures.counter.labels(kind)
         for reason, status in REFUSALS.items():
             self.refusals.counter.labels(status, reason)
+        for outcome in ID_TOKEN_OUTCOMES:
+            self.refresh_id_tokens.counter.labels(outcome)
 
 
 _recorder: _Recorder | None = None
@@ -177,6 +186,12 @@ def exchange(route: str, grant: str | None, outcome: str, status: int) -> None:
             outcome if outcome in OUTCOMES else "other",
             status,
         )
+
+
+def refresh_id_token(issued: bool) -> None:
+    """An OpenID Connect refresh was answered with TikTok's tokens, and a new ID token or none (OIDC Core §12.2)."""
+    if _recorder is not None:
+        _recorder.refresh_id_tokens.inc("issued" if issued else "omitted")
 
 
 def upstream_answered(seconds: float) -> None:

@@ -72,6 +72,12 @@ def authorize_query(params: Mapping[str, str], client_key: str, default_scopes: 
     return query
 
 
+# TikTok's authorize page may let a user with a TikTok session who consented before straight through, with no page
+# at all; disable_auto_auth=1 makes it show its page every time (Login Kit for Web). Nothing makes it ask for the
+# password again, or answer without a page.
+ALWAYS_SHOW_PAGE = {"disable_auto_auth": "1"}
+
+
 # OpenID Connect's and Auth0's own scopes. Auth0's Connected Accounts asks for "openid profile offline_access"
 # beside the connection's scopes, and TikTok refuses a request that names a scope it does not know.
 NOT_TIKTOK_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})

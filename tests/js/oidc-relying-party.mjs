@@ -1,7 +1,8 @@
 // openid-client (v6, panva's certified and strict relying party) against the proxy's OpenID Connect facade.
 // Run by tests/test_oidc_relying_parties.py, which starts the proxy and TikTok's stand-in and passes, as JSON in
 // OIDC_RP: issuer, clientId, clientSecret, redirectUri, auth ("post" or "basic"), alg, and for a key rotation
-// oldIdToken (issued before it) and resultFile (where the ID token and its kid are written).
+// oldIdToken (issued before it) and resultFile (where the ID token and its kid are written); refreshToken for
+// the refresh answered without an ID token (TikTok's user info failing), run alone by --test-name-pattern.
 // Not named *.test.mjs: `node --test tests/js/` (the profile script's tests) must not pick it up on its own.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -46,7 +47,7 @@ async function consent(authorizationUrl) {
   return back;
 }
 
-async function signIn(config, scope = 'openid profile') {
+async function signIn(config, scope = 'openid profile', maxAge = undefined) {
   const verifier = client.randomPKCECodeVerifier();
   const nonce = client.randomNonce();
   const state = client.randomState();
@@ -57,6 +58,7 @@ async function signIn(config, scope = 'openid profile') {
     code_challenge_method: 'S256',
     nonce,
     state,
+    ...(maxAge === undefined ? {} : { max_age: String(maxAge) }),
   });
   const back = await consent(url);
   try {
@@ -65,6 +67,7 @@ async function signIn(config, scope = 'openid profile') {
       expectedNonce: nonce,
       expectedState: state,
       idTokenExpected: true,
+      maxAge, // with it, openid-client requires auth_time and checks it against max_age
     });
   } catch (error) {
     // openid-client says "invalid response encountered"; what was wrong with it is in the cause.
@@ -107,6 +110,40 @@ test('openid alone: no profile claims', async () => {
   const tokens = await signIn(await configuration(), 'openid');
   assert.equal(tokens.claims().preferred_username, undefined);
   assert.equal(tokens.claims().name, 'Ada on TikTok');
+});
+
+test('max_age: the ID token carries auth_time, and openid-client checks it', async () => {
+  const before = Math.floor(Date.now() / 1000);
+  const tokens = await signIn(await configuration(), 'openid', 300);
+  const authTime = tokens.claims().auth_time;
+  assert.ok(authTime >= before - 1 && authTime <= Math.floor(Date.now() / 1000), String(authTime));
+});
+
+test('prompt=none: login_required at once, with the state, and no TikTok page', async () => {
+  const config = await configuration();
+  const state = client.randomState();
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: rp.redirectUri,
+    scope: 'openid',
+    prompt: 'none',
+    state,
+  });
+  const answer = await fetch(url, { redirect: 'manual' });
+  const back = new URL(answer.headers.get('location'));
+  assert.ok(back.href.startsWith(`${rp.redirectUri}?`), back.href); // straight back to the relying party
+  await assert.rejects(
+    client.authorizationCodeGrant(config, back, { expectedState: state }),
+    (error) => error instanceof client.AuthorizationResponseError && error.error === 'login_required',
+  );
+});
+
+test('a refresh answered without an ID token keeps TikTok\'s new tokens', { skip: !rp.refreshToken }, async () => {
+  const refreshed = await client.refreshTokenGrant(await configuration(), rp.refreshToken);
+  assert.equal(refreshed.id_token, undefined);
+  assert.equal(refreshed.claims(), undefined);
+  assert.ok(refreshed.refresh_token.startsWith('rft.') && refreshed.refresh_token !== rp.refreshToken);
+  assert.ok(refreshed.access_token.startsWith('act.'));
+  writeFileSync(rp.resultFile, JSON.stringify({ refreshToken: refreshed.refresh_token }));
 });
 
 test('a token signed before a key rotation still verifies through the JWKS', { skip: !rp.oldIdToken }, async () => {

@@ -85,12 +85,13 @@ class TikTokStandIn:
     token_scopes: dict[str, str] = field(default_factory=dict)  # access token -> granted scopes (user info)
     redirect_uris: set[str] = field(default_factory=lambda: {REDIRECT_URI})  # registered in the portal
     consents: dict[str, dict[str, str]] = field(default_factory=dict)  # consent pages shown, not yet answered
-    expired: set[str] = field(default_factory=set)  # access tokens past their 24 hours
+    expired: set[str] = field(default_factory=set)  # access tokens past their expires_in
     revoked: list[str] = field(default_factory=list)
     revoke_body: bytes = b""  # TikTok documents an empty answer; `{}` is the other reading
     seen: list[Seen] = field(default_factory=list)
     error_status: int = 200  # quirk Q4: TikTok has answered OAuth errors with HTTP 200
     fault: Callable[[], Response] | None = None
+    user_info_fault: Callable[[], Response] | None = None  # the same, for the user-info endpoint alone
 
     def reset(self) -> None:
         self.codes.clear()
@@ -105,6 +106,7 @@ class TikTokStandIn:
         self.seen.clear()
         self.error_status = 200
         self.fault = None
+        self.user_info_fault = None
 
     def issue_code(
         self, *, redirect_uri: str = REDIRECT_URI, code_verifier: str | None = None, scope: str = GRANTED_SCOPE
@@ -260,6 +262,9 @@ class TikTokStandIn:
 
     async def user_info(self, request: Request) -> Response:
         """GET /v2/user/info/: the resource envelope (quirk Q9), only the fields the token's scopes allow."""
+        self.seen.append(Seen(request.url.path, [(k.decode(), v.decode()) for k, v in request.headers.raw], {}))
+        if self.user_info_fault is not None:
+            return self.user_info_fault()
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         fields = request.query_params.get("fields", "").split(",")
         if token not in self.token_scopes:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from .. import tiktok
 from ..config import Settings
 from ..errors import OAuthError
-from .claims import PROFILE_CLAIMS, profile_claims
+from .claims import PROFILE_CLAIMS, email_claims, profile_claims
 from .jose import Signer, jwks, private_key_bytes
 from .sealing import Sealer
 
@@ -36,6 +36,8 @@ class Provider:
         secrets = [private_key_bytes(key) for key in keys]
         self.states, self.codes = Sealer("state", secrets), Sealer("code", secrets)
         self.jwks = jwks(signers)
+        # TikTok has no email: the facade's made-up one is there only when OIDC_EMAIL_DOMAIN is set.
+        email_scope, email = (["email"], ["email", "email_verified"]) if settings.oidc_email_domain else ([], [])
         self.discovery = {
             "issuer": self.issuer,
             "authorization_endpoint": f"{self.issuer}/oidc/authorize",
@@ -49,8 +51,8 @@ class Provider:
             "id_token_signing_alg_values_supported": sorted({signer.alg for signer in signers}),
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-            "scopes_supported": ["openid", "profile", "offline_access"],
-            "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", *PROFILE_CLAIMS],
+            "scopes_supported": ["openid", "profile", *email_scope, "offline_access"],
+            "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", "auth_time", *PROFILE_CLAIMS, *email],
             "claims_parameter_supported": False,
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
@@ -63,13 +65,23 @@ class Provider:
         # Short: after a rotation, relying parties must soon see the new key (they also refetch on an unknown kid).
         return JSONResponse(self.jwks, headers={"Cache-Control": "public, max-age=300"})
 
-    def id_token(self, user: Mapping[str, Any], client_id: str, nonce: str | None) -> str:
+    def id_token(
+        self, user: Mapping[str, Any], client_id: str, nonce: str | None, auth_time: int | None, email: bool
+    ) -> str:
+        """auth_time: when TikTok sent the user back (OIDC Core §2), known from the sealed code; a refresh has none."""
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": self.subject(user), "aud": client_id, "iat": now}
-        claims["exp"] = now + ID_TOKEN_LIFETIME
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": client_id, "iat": now, "exp": now + ID_TOKEN_LIFETIME}
         if nonce is not None:
             claims["nonce"] = nonce
-        return self.signer.sign({**claims, **profile_claims(user)})
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
+        return self.signer.sign({**claims, **self.claims(user, email)})
+
+    def claims(self, user: Mapping[str, Any], email: bool) -> dict[str, Any]:
+        """The user's claims, in the ID token and from userinfo: sub, the profile, and the made-up email if asked."""
+        subject = self.subject(user)
+        made_up = email_claims(subject, self.settings.oidc_email_domain) if email else {}
+        return {"sub": subject, **profile_claims(user), **made_up}
 
     def subject(self, user: Mapping[str, Any]) -> str:
         subject = user.get(self.settings.oidc_subject)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from ..config import split_scopes
 from ..errors import NO_STORE, OAuthError, missing
 from ..inbound import CUT_BY_DEADLINE, check_allowed, client_credentials, parse_params, read_body
 from ..logs import log_outcome
-from .claims import openid_scopes, profile_claims
+from .claims import facade_scopes, openid_scopes
 from .jose import b64url
 from .pages import finish
 from .provider import Provider
@@ -33,6 +34,7 @@ async def _token(provider: Provider, request: Request) -> Response:
     settings = provider.settings
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
+    fields_after: dict[str, Any] = {"id_token": None}  # at the end of the line: issued, or why it was left out
     try:
         params = parse_params(
             request.headers.get("content-type", ""), await read_body(request.headers, request.receive)
@@ -43,9 +45,13 @@ async def _token(provider: Provider, request: Request) -> Response:
         grant = fields["grant"] = params.get("grant_type")
         nonce: str | None = None
         granted: list[str] | None = None  # None: unknown, so the user info asks for every field
+        auth_time: int | None = None  # unknown on a refresh: TikTok's refresh token says nothing of the sign-in
+        own_scopes = unknown_own_scopes(settings.oidc_email_domain)
         if grant == "authorization_code":
             sealed = redeemable(provider, params, client_key)  # every local check, before TikTok is called
             nonce, granted = sealed["n"], sealed["g"]
+            auth_time = sealed.get("at")
+            own_scopes = facade_scopes(sealed.get("fs", []), settings.oidc_email_domain)  # the domain may be gone
             exchange = {"grant_type": grant, "code": sealed["t"], "redirect_uri": provider.callback_url}
             form = tiktok.token_form(exchange, client_key, client_secret)
         elif grant == "refresh_token":
@@ -59,9 +65,14 @@ async def _token(provider: Provider, request: Request) -> Response:
         answer = tiktok.token_answer(reply, form)
         if "scope" in answer:  # what the token is worth, from TikTok itself (else what the callback said)
             granted = split_scopes(answer["scope"])
-            answer["scope"] = " ".join(openid_scopes(granted))
-        user = await provider.user(request, answer["access_token"], granted, refused=server_error)
-        answer["id_token"] = provider.id_token(user, client_key, nonce)
+            answer["scope"] = " ".join([*openid_scopes(granted), *own_scopes])
+        sign = partial(provider.id_token, client_id=client_key, nonce=nonce, auth_time=auth_time,
+                       email="email" in own_scopes)  # fmt: skip
+        if grant == "refresh_token":
+            fields_after["id_token"] = await add_refreshed_id_token(provider, request, answer, granted, sign)
+        else:  # the ID token is what a relying party signs in with: without it, the code grant failed
+            answer["id_token"] = sign(await provider.user(request, answer["access_token"], granted, server_error))
+            fields_after["id_token"] = "issued"
         response: Response = JSONResponse(answer, headers=NO_STORE)
         outcome = "ok"
     except OAuthError as err:
@@ -70,9 +81,39 @@ async def _token(provider: Provider, request: Request) -> Response:
     if getattr(request.state, CUT_BY_DEADLINE, False):
         return response  # serving.py cut the body at REQUEST_TIMEOUT, and has answered 408 and logged it
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    log_outcome(response.status_code, event="oidc_token", outcome=outcome, **fields, duration_ms=duration_ms)
+    log_outcome(
+        response.status_code, fields_after, event="oidc_token", outcome=outcome, **fields, duration_ms=duration_ms
+    )
     metrics.exchange("oidc_token", fields["grant"], outcome, response.status_code)
     return response
+
+
+async def add_refreshed_id_token(
+    provider: Provider,
+    request: Request,
+    answer: dict[str, Any],
+    granted: list[str] | None,
+    sign: Callable[[Mapping[str, Any]], str],
+) -> str:
+    """A new ID token into a refresh's answer when TikTok's user info gives the user; the log's word for it.
+
+    By now TikTok has rotated the refresh token, and the one the relying party sent no longer works: failing the
+    answer would lose the user's grant. OIDC Core §12.2 makes the ID token optional on a refresh, so a user info
+    that fails (a refused token, 429, 5xx, unreachable) only leaves it out."""
+    try:
+        answer["id_token"] = sign(await provider.user(request, answer["access_token"], granted, lambda err: err))
+    except OAuthError as err:
+        metrics.refresh_id_token(issued=False)
+        return f"omitted:{err.error}"
+    metrics.refresh_id_token(issued=True)
+    return "issued"
+
+
+def unknown_own_scopes(email_domain: str) -> list[str]:
+    """The scopes the facade grants itself when it cannot know what was asked (a refresh, userinfo: TikTok's tokens
+    carry no OpenID scope). The made-up email is then given whenever OIDC_EMAIL_DOMAIN is set: it is only `sub`
+    again, which the relying party has anyway, and platforms read their attributes from userinfo."""
+    return facade_scopes(["email"], email_domain)
 
 
 def redeemable(provider: Provider, params: Mapping[str, str], client_key: str) -> dict[str, Any]:
@@ -112,7 +153,7 @@ async def userinfo(provider: Provider, request: Request) -> Response:
                 headers={"WWW-Authenticate": 'Bearer realm="tiktok-oidc"'},
             )
         user = await provider.user(request, access_token.strip(), None, refused=invalid_token)
-        claims = {"sub": provider.subject(user), **profile_claims(user)}
+        claims = provider.claims(user, email="email" in unknown_own_scopes(provider.settings.oidc_email_domain))
         response: Response = JSONResponse(claims, headers=NO_STORE)
         outcome = "ok"
     except OAuthError as err:
