@@ -127,7 +127,7 @@ def authlib_sign_in(start_oidc: Callable[..., OIDCProxy], rp: AuthlibRelyingPart
 def test_authlib_after_cancel(start_oidc: Callable[..., OIDCProxy]) -> None:
     rp = AuthlibRelyingParty(client_id=CLIENT_KEY, client_secret=CLIENT_SECRET)
     last_page = authlib_sign_in(start_oidc, rp, "cancel")
-    assert "<b>access_denied</b>: The user denied the request." in last_page, last_page
+    assert "<b>access_denied</b>: the user cancelled on TikTok&#x27;s page" in last_page, last_page
     assert rp.signed_in == []
 
 

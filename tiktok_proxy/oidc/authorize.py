@@ -14,6 +14,7 @@ from .. import tiktok
 from ..config import split_scopes
 from ..errors import OAuthError, invalid_request, missing
 from ..inbound import check_allowed, parse_query, unique_params
+from .binding import Binding, check_same_browser, expire
 from .claims import mapped_to_tiktok
 from .pages import back_to_client, finish, redirect, refused_page
 from .provider import CODE_LIFETIME, STATE_LIFETIME, Provider
@@ -46,6 +47,7 @@ async def authorize(provider: Provider, request: Request) -> Response:
         back = {"error": err.error, "error_description": err.description}
         return back_to_client(redirect_uri, back, params.get("state"), "oidc_authorize", client_id)
     wanted = mapped_to_tiktok(scopes)
+    binding = Binding.new(secure=provider.issuer.startswith("https://"))
     sealed = {
         "c": client_id,
         "r": redirect_uri,
@@ -53,13 +55,16 @@ async def authorize(provider: Provider, request: Request) -> Response:
         "n": params.get("nonce"),
         "pc": params.get("code_challenge"),
         "sc": wanted,
+        "b": binding.sealed(),
     }
     ask = {"scope": " ".join(wanted), "response_type": "code", "redirect_uri": provider.callback_url}
     state = provider.states.seal(sealed, STATE_LIFETIME)
     query = tiktok.authorize_query({**ask, "state": state}, client_id, settings.scopes)
     finish("oidc_authorize", 302, "redirect", client_id)
     # Only ever the configured TikTok URL: nothing in the request chooses where the browser goes.
-    return redirect(f"{settings.authorize_url}?{urlencode(query)}")
+    response = redirect(f"{settings.authorize_url}?{urlencode(query)}")
+    binding.set_on(request, response, STATE_LIFETIME)
+    return response
 
 
 async def callback(provider: Provider, request: Request) -> Response:
@@ -72,6 +77,7 @@ async def callback(provider: Provider, request: Request) -> Response:
             sealed = provider.states.unseal(params.get("state"))
         except Unsealable as why:
             raise invalid_request(f"the sign-in state {why}: start again from the application") from None
+        check_same_browser(request, sealed.get("b"))
     except OAuthError as err:
         return refused_page(err, "oidc_callback", None)
     if "error" not in params and params.get("code"):
@@ -83,7 +89,9 @@ async def callback(provider: Provider, request: Request) -> Response:
         back = {"error": error, "error_description": description}
     else:
         back = {"error": "server_error", "error_description": "TikTok redirected back with neither code nor error"}
-    return back_to_client(sealed["r"], back, sealed["s"], "oidc_callback", sealed["c"])
+    response = back_to_client(sealed["r"], back, sealed["s"], "oidc_callback", sealed["c"])
+    expire(response, sealed["b"][0])  # the state has served: it opens nothing more, even in this browser
+    return response
 
 
 def checked_request(params: Mapping[str, str]) -> list[str]:
