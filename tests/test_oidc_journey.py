@@ -143,7 +143,7 @@ def test_a_state_brought_back_in_another_browser_gets_the_page(
     state = open_tiktok_page(tab, app)["state"]  # the user's sign-in, pending on TikTok's page
     # Someone who got hold of that state brings it back, with a TikTok code of their own, in their browser.
     their_code = tiktok.issue_code(redirect_uri=f"{proxy.url}/oidc/callback")
-    other = browser.new_context(ignore_https_errors=True)
+    other = browser.new_context(ignore_https_errors=True, viewport={"width": 880, "height": 420})
     try:
         page = other.new_page()
         page.goto(f"{proxy.url}/oidc/callback?{urlencode({'code': their_code, 'state': state})}")
@@ -151,7 +151,7 @@ def test_a_state_brought_back_in_another_browser_gets_the_page(
         assert page.inner_text("#error") == (
             "the sign-in was not started in this browser, or is already finished: start again from the application"
         )
-        screenshot(page, artifacts, "oidc-other-browser")
+        screenshot(page, artifacts, "oidc-other-browser", "oidc-other-browser")
     finally:
         other.close()
     assert not any(seen.path == TOKEN_PATH for seen in tiktok.seen) and rp.signed_in == []

@@ -158,7 +158,7 @@ def test_on_an_https_issuer_the_cookie_is_host_prefixed_and_secure() -> None:
     set_cookie = response.headers["set-cookie"]
     assert set_cookie.startswith(f"__Host-tiktok-oidc-{binding.name.removeprefix('__Host-tiktok-oidc-')}=")
     attributes = {part.strip().lower() for part in set_cookie.split(";")[1:]}
-    # __Host-: Secure, Path=/ and no Domain, or browsers drop it (RFC 6265bis §4.1.3.2).
+    # __Host-: Secure, Path=/ and no Domain, or browsers drop it (RFC 6265bis, the __Host- prefix).
     assert attributes == {"httponly", "max-age=600", "path=/", "samesite=lax", "secure"}
 
 
