@@ -162,16 +162,20 @@ def test_on_an_https_issuer_the_cookie_is_host_prefixed_and_secure() -> None:
     assert attributes == {"httponly", "max-age=600", "path=/", "samesite=lax", "secure"}
 
 
-def test_a_state_without_its_cookie_gets_the_page(start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn) -> None:
+def test_a_state_without_its_cookie_gets_the_page(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     proxy = start_oidc()
-    state, _ = pending_sign_in(proxy)
+    state, answer = pending_sign_in(proxy)
+    binding_value = answer.headers["set-cookie"].split(";")[0].split("=", 1)[1]
     code = tiktok.issue_code(redirect_uri=proxy.url + "/oidc/callback")  # a TikTok code of someone's choosing
     name = proxy.sealer("state").unseal(state)["b"][0]
     with httpx.Client(timeout=10) as elsewhere:
         for cookies in ({}, {name: "a-guess-at-the-value"}, {name: ""}):
             elsewhere.cookies.clear()
-            for cookie, value in cookies.items():
-                elsewhere.cookies.set(cookie, value, domain="127.0.0.1")
+            for cookie, guess in cookies.items():
+                elsewhere.cookies.set(cookie, guess, domain="127.0.0.1")
             assert NOT_STARTED_HERE in refusal_page(callback(proxy, elsewhere, code=code, state=state)), cookies
     assert tiktok.seen == []
     # In the browser that started it, the same state and code go through, once.
@@ -179,6 +183,10 @@ def test_a_state_without_its_cookie_gets_the_page(start_oidc: Callable[..., OIDC
     assert to_rp.headers["location"].startswith(RP_REDIRECT + "?") and "code" in query_of(to_rp)
     assert f"{name}=" in to_rp.headers["set-cookie"] and "Max-Age=0" in to_rp.headers["set-cookie"]
     assert NOT_STARTED_HERE in refusal_page(callback(proxy, proxy.http, code=code, state=state))
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("tiktok_proxy", "uvicorn")))
+    assert "event=oidc_callback outcome=invalid_request" in logged
+    for secret in (binding_value, state, code):
+        assert secret not in logged
 
 
 def test_a_state_sealed_before_states_were_bound_gets_the_page(start_oidc: Callable[..., OIDCProxy]) -> None:
