@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 import uvicorn
 
 from tiktok_proxy import metrics
@@ -316,26 +318,55 @@ def broken_signature(sign: Callable[[Signer, dict[str, Any]], str]) -> Callable[
     return broken
 
 
+@dataclass(frozen=True)
+class LocalhostTLS:
+    """A certificate for localhost from a test CA, for a proxy served over https."""
+
+    cert_file: str  # the server's key and certificate chain
+    ca_file: str  # the CA's certificate, for the clients to trust
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+@pytest.fixture(scope="session")
+def localhost_tls(tmp_path_factory: pytest.TempPathFactory) -> LocalhostTLS:
+    folder = tmp_path_factory.mktemp("localhost-tls")
+    ca = trustme.CA()
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    return LocalhostTLS(str(folder / "server.pem"), str(folder / "ca.pem"))
+
+
 @pytest.fixture
 def start_oidc(
-    stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, key_files: dict[str, str]
+    stand_in_server: tuple[TikTokStandIn, ServerThread],
+    tiktok: TikTokStandIn,
+    key_files: dict[str, str],
+    localhost_tls: LocalhostTLS,
 ) -> Iterator[Callable[..., OIDCProxy]]:
-    """Start a proxy with the facade on: start_oidc(key="ec", OIDC_SUBJECT="union_id", ...)."""
+    """Start a proxy with the facade on: start_oidc(key="ec", OIDC_SUBJECT="union_id", ...). With tls=True it is
+    served over https, as https://localhost:<port>, under a certificate that `localhost_tls` trusts."""
     _, tiktok_server = stand_in_server
     tiktok.clients[OTHER_CLIENT_KEY] = OTHER_CLIENT_SECRET
     started: list[tuple[ServerThread, httpx.Client]] = []
 
-    def start(key: str = "rsa", previous: tuple[str, ...] = (), **changes: str) -> OIDCProxy:
+    def start(key: str = "rsa", previous: tuple[str, ...] = (), tls: bool = False, **changes: str) -> OIDCProxy:
         late = LateApp()
         server = ServerThread(late)
-        env = oidc_env(tiktok_server.url, key_files[key], PUBLIC_URL=server.url, **changes)
+        public_url = server.url
+        if tls:
+            server.server.config.ssl_certfile = localhost_tls.cert_file
+            server.server.config.load()
+            public_url = f"https://localhost:{server.port}"
+        env = oidc_env(tiktok_server.url, key_files[key], PUBLIC_URL=public_url, **changes)
         if previous:
             env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(key_files[name] for name in previous)
         settings = load_settings(env)
         late.app = create_app(settings)
         server.__enter__()
         tiktok.redirect_uris.add(settings.public_url + "/oidc/callback")  # the one URI registered at TikTok
-        http = httpx.Client(timeout=10)
+        http = httpx.Client(timeout=10, verify=localhost_tls.context() if tls else True)
         started.append((server, http))
         return OIDCProxy(settings.public_url, settings, http, late, env, key_files)
 

@@ -195,7 +195,7 @@ def test_the_startup_line_names_the_gate_mode(
     with caplog.at_level(logging.INFO):
         proxy_with(**changes)
     (start,) = [line for line in caplog.text.splitlines() if "event=start " in line]
-    assert f" gate={mode} " in start
+    assert f" gate={mode} " in start and start.endswith(" oidc=off oidc_gate=-")  # the facade is off
     assert ("neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS" in caplog.text) == (mode == "open")
 
 

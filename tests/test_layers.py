@@ -22,6 +22,7 @@ RANK = {
     "tiktok_proxy.upstream": 1,
     "tiktok_proxy.inbound": 2,
     "tiktok_proxy.tiktok": 2,
+    "tiktok_proxy.oidc.binding": 2,
     "tiktok_proxy.oidc.pages": 3,
     "tiktok_proxy.oidc.provider": 3,
     "tiktok_proxy.oidc.authorize": 4,

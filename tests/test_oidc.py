@@ -394,7 +394,7 @@ def test_cancel_on_tiktok_page_comes_back_as_access_denied(start_oidc: Callable[
     back = sign_in(start_oidc(), decision="cancel")
     assert back == {
         "error": "access_denied",
-        "error_description": "The user denied the request.",
+        "error_description": "the user cancelled on TikTok's page, or TikTok refused the sign-in",
         "state": "rp-state-1",
     }
 
@@ -808,7 +808,7 @@ def test_malformed_requests_get_clear_answers(start_oidc: Callable[..., OIDCProx
     not_a_form = http.post(url + "/oidc/token", content=b"<xml/>", headers={"Content-Type": "text/xml"})
     assert not_a_form.status_code == 400 and not_a_form.json()["error"] == "invalid_request"
     no_client = http.post(url + "/oidc/token", data={"grant_type": "refresh_token", "refresh_token": "rft.x"})
-    assert no_client.status_code == 400 and no_client.json()["error"] == "invalid_request"
+    assert no_client.status_code == 401 and no_client.json()["error"] == "invalid_client"  # RFC 6749 §5.2
     bad_basic = http.post(
         url + "/oidc/token", data={"grant_type": "refresh_token"}, headers={"Authorization": "Basic !!"}
     )

@@ -26,7 +26,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from test_oidc import come_back, consent, redeem
 
 from tiktok_proxy.oidc.jose import Signer
 
@@ -43,6 +42,7 @@ from conftest import (
 )
 from stand_ins.authlib_rp import AuthlibRelyingParty
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, USER, TikTokStandIn, reply
+from test_oidc import come_back, consent, redeem
 
 REPO = Path(__file__).resolve().parent.parent
 RELYING_PARTY = "tests/js/oidc-relying-party.mjs"
@@ -157,7 +157,7 @@ def authlib_sign_in(start_oidc: Callable[..., OIDCProxy], rp: AuthlibRelyingPart
 def test_authlib_after_cancel(start_oidc: Callable[..., OIDCProxy]) -> None:
     rp = AuthlibRelyingParty(client_id=CLIENT_KEY, client_secret=CLIENT_SECRET)
     last_page = authlib_sign_in(start_oidc, rp, "cancel")
-    assert "<b>access_denied</b>: The user denied the request." in last_page, last_page
+    assert "<b>access_denied</b>: the user cancelled on TikTok&#x27;s page" in last_page, last_page
     assert rp.signed_in == []
 
 

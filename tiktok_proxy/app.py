@@ -226,7 +226,8 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
                   gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
-                  oidc=settings.public_url if settings.oidc_key else "off")  # fmt: skip
+                  oidc=settings.public_url if settings.oidc_key else "off",
+                  oidc_gate=gate_mode(settings, header=False) if settings.oidc_key else None)  # fmt: skip
         warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.

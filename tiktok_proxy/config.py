@@ -192,6 +192,12 @@ def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Setti
             raise ConfigError(
                 "OIDC_REDIRECT_URIS", f"OIDC_REDIRECT_URIS must hold absolute URLs with no fragment, got {uri!r}"
             )
+        if parts.scheme == "http" and not is_loopback(parts.hostname):  # codes travel in this URL (RFC 8252 §7.3)
+            raise ConfigError(
+                "OIDC_REDIRECT_URIS",
+                f"OIDC_REDIRECT_URIS must use https (http only on a loopback host: 127.0.0.1, [::1], localhost), "
+                f"got {uri!r}",
+            )
     previous = [path.strip() for path in (raw("OIDC_PREVIOUS_KEY_FILES") or "").split(",") if path.strip()]
     return replace(
         settings,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.datastructures import Headers
@@ -129,8 +129,12 @@ def _is_unicode_text(text: str) -> bool:
     return True
 
 
-def client_credentials(headers: Headers, params: Mapping[str, str]) -> tuple[str, str]:
-    """The client key and secret, from the body or from HTTP Basic (RFC 6749 §2.3.1), not both."""
+def client_credentials(
+    headers: Headers, params: Mapping[str, str], absent: Callable[[str], OAuthError] = missing
+) -> tuple[str, str]:
+    """The client key and secret, from the body or from HTTP Basic (RFC 6749 §2.3.1), not both.
+
+    `absent(name)` is the error for a missing client_id or client_secret: the relay's invalid_request by default."""
     body_key = one_of(params, "client_id", "client_key")
     body_secret = params.get("client_secret")
     authorizations = headers.getlist("authorization")
@@ -139,9 +143,9 @@ def client_credentials(headers: Headers, params: Mapping[str, str]) -> tuple[str
     scheme, _, credentials = (authorizations or [""])[0].strip().partition(" ")
     if scheme.lower() != "basic":
         if body_key is None:
-            raise missing("client_id")
+            raise absent("client_id")
         if body_secret is None:
-            raise missing("client_secret")
+            raise absent("client_secret")
         return body_key, body_secret
     basic_key, basic_secret = _decode_basic(credentials.strip())
     if body_secret is not None or (body_key is not None and body_key != basic_key):
@@ -189,11 +193,13 @@ ALLOW_LIST_REFUSAL = "this client key is not allowed by the proxy (ALLOWED_CLIEN
 OWN_SECRET_REFUSAL = "the client secret is not the one this proxy holds for its client key (TIKTOK_CLIENT_SECRET)"
 
 
-def gate_mode(settings: Settings) -> str:
-    """The checks a token or revoke request meets, for the startup line: e.g. own_key+header, or open."""
+def gate_mode(settings: Settings, header: bool = True) -> str:
+    """The checks a token or revoke request meets, for the startup line: e.g. own_key+header, or open.
+    header=False: the facade's token endpoint (check_own_secret, check_allowed), which relying parties reach
+    without X-Proxy-Secret."""
     checks = [
         ("own_key", bool(settings.tiktok_client_secret)),
-        ("header", bool(settings.proxy_secrets)),
+        ("header", header and bool(settings.proxy_secrets)),
         ("allow_list", bool(settings.allowed_client_keys)),
     ]
     return "+".join(name for name, on in checks if on) or "open"
@@ -214,15 +220,23 @@ def check_client(settings: Settings, headers: Headers, client_key: str, client_s
     - Any other key: the allow-list (only the own key, when ALLOWED_CLIENT_KEYS is empty), then X-Proxy-Secret
       when PROXY_SECRET is set (already checked before the body when there is no own key).
     """
-    if settings.tiktok_client_secret and client_key == settings.tiktok_client_key:
-        sent = client_secret.encode("utf-8", "surrogatepass")
-        if not hmac.compare_digest(sent, settings.tiktok_client_secret.encode()):
-            metrics.refused("gate")
-            raise OAuthError(401, "invalid_client", OWN_SECRET_REFUSAL)
+    if check_own_secret(settings, client_key, client_secret):
         return
     check_allowed(settings, client_key)
     if settings.tiktok_client_secret:
         check_gate(settings, headers)
+
+
+def check_own_secret(settings: Settings, client_key: str, client_secret: str) -> bool:
+    """For the proxy's own key, its secret compared in constant time: True when it matches, and a wrong one is
+    refused here, so it never reaches TikTok. False for any other key, whose secret only TikTok can check."""
+    if not (settings.tiktok_client_secret and client_key == settings.tiktok_client_key):
+        return False
+    sent = client_secret.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(sent, settings.tiktok_client_secret.encode()):
+        metrics.refused("gate")
+        raise OAuthError(401, "invalid_client", OWN_SECRET_REFUSAL)
+    return True
 
 
 def check_gate(settings: Settings, headers: Headers) -> None:

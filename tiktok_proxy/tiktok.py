@@ -220,18 +220,34 @@ async def _user_info(
 
 
 def callback_error(params: Mapping[str, str]) -> tuple[str, str]:
-    """The error TikTok's authorize page redirected back with, fit to pass on to a client (RFC 6749 §4.1.2.1).
+    """The error TikTok's authorize page redirected back with, as an RFC 6749 §4.1.2.1 error to pass on to a client.
 
-    TikTok may add error_type (e.g. redirect_uri, scope_not_authorized): a bare access_denied is not always a
-    Cancel, so it goes into the description."""
-    code = params.get("error", "")
-    if not ERROR_CODE_SHAPE.fullmatch(code):
-        code = "access_denied"
-    description = _clean_text(params.get("error_description"), ()) or "TikTok refused the authorization"
-    error_type = params.get("error_type", "")
-    if ERROR_CODE_SHAPE.fullmatch(error_type):
-        description = f"{description} (TikTok error_type: {error_type})"
-    return code, description
+    Nothing of the query is relayed as it came: whoever holds a state can write any text there, which the client's
+    error page would then show. The error becomes one of RFC 6749's codes, and the description is this proxy's
+    own, naming TikTok's code and error_type (e.g. redirect_uri, scope_not_authorized: a bare access_denied is not
+    always a Cancel) only when they have the shape of an identifier."""
+    code, error_type = params.get("error", ""), params.get("error_type", "")
+    error = code if code in AUTHORIZE_ERRORS else "access_denied"
+    named = [
+        f"{name}: {value}"
+        for name, value in (("error", code), ("error_type", error_type))
+        if TIKTOK_IDENTIFIER.fullmatch(value) and value != error
+    ]
+    description = AUTHORIZE_ERRORS[error]
+    return error, f"{description} (TikTok's {', '.join(named)})" if named else description
+
+
+# RFC 6749 §4.1.2.1's error codes, each with the description the proxy sends with it.
+AUTHORIZE_ERRORS = {
+    "access_denied": "the user cancelled on TikTok's page, or TikTok refused the sign-in",
+    "invalid_request": "TikTok refused the authorization request",
+    "unauthorized_client": "TikTok does not let this app sign users in this way",
+    "unsupported_response_type": "TikTok refused the response type",
+    "invalid_scope": "TikTok refused the requested scopes",
+    "server_error": "TikTok's authorization page failed",
+    "temporarily_unavailable": "TikTok's authorization page is unavailable for now; try again later",
+}
+TIKTOK_IDENTIFIER = re.compile(r"[a-z0-9_]{1,40}")  # TikTok's error codes and error types, e.g. redirect_uri
 
 
 # ------------------------------------------------------------------------ answer normalization

@@ -27,9 +27,13 @@ async function configuration() {
 
 // The browser's part: the facade's authorize redirect, TikTok's consent page and its Authorize button, the
 // facade's callback, and the redirect back to the relying party. Returns the URL the RP's callback received.
+// Like a browser, it brings the cookie that the authorize step set back to the callback, which refuses a sign-in
+// without it.
 async function consent(authorizationUrl) {
   let answer = await fetch(authorizationUrl, { redirect: 'manual' });
   assert.equal(answer.status, 302, await answer.text());
+  const cookie = answer.headers.getSetCookie().map((line) => line.split(';')[0]).join('; ');
+  assert.match(cookie, /^tiktok-oidc-/);
   const page = new URL(answer.headers.get('location'));
   answer = await fetch(page);
   const consentId = (await answer.text()).match(/name="consent" value="([^"]+)"/)[1];
@@ -40,8 +44,8 @@ async function consent(authorizationUrl) {
   });
   const callback = answer.headers.get('location');
   assert.ok(callback.startsWith(`${rp.issuer}/oidc/callback?`), callback);
-  answer = await fetch(callback, { redirect: 'manual' });
-  assert.equal(answer.status, 302);
+  answer = await fetch(callback, { redirect: 'manual', headers: { cookie } });
+  assert.equal(answer.status, 302, await answer.text());
   const back = new URL(answer.headers.get('location'));
   assert.ok(back.href.startsWith(`${rp.redirectUri}?`), back.href);
   return back;

@@ -42,6 +42,9 @@ class AuthlibRelyingParty:
     client_secret: str = ""
     auth_method: str = "client_secret_post"  # or client_secret_basic
     scope: str = "openid profile"
+    verify: Any = True  # what its HTTP client trusts: an ssl.SSLContext for a provider under a test CA
+    # Authlib keeps one sign-in in flight per session: two applications in one browser need two session cookies.
+    session_cookie: str = "session"
     signed_in: list[dict[str, Any]] = field(default_factory=list)  # what each sign-in got, for the tests
 
     def client(self) -> Any:
@@ -55,6 +58,7 @@ class AuthlibRelyingParty:
                 "scope": self.scope,
                 "code_challenge_method": "S256",
                 "token_endpoint_auth_method": self.auth_method,
+                "verify": self.verify,
             },
         )
 
@@ -99,5 +103,7 @@ class AuthlibRelyingParty:
 
         return Starlette(
             routes=[Route("/", home), Route("/login", login), Route("/callback", callback, name="callback")],
-            middleware=[Middleware(SessionMiddleware, secret_key=secrets.token_hex(16))],
+            middleware=[
+                Middleware(SessionMiddleware, secret_key=secrets.token_hex(16), session_cookie=self.session_cookie)
+            ],
         )

@@ -17,5 +17,6 @@ given to the relying party, so any instance serves any step. Every TikTok call a
 - `token`: the token and userinfo endpoints;
 - `claims`: scopes and claims, in OpenID Connect's words and TikTok's;
 - `pages`: the redirects, the refusal page, and the log line and count of each step;
-- `jose` and `sealing`: signing (JWK, JWKS, JWS) and the sealed values (AES-GCM).
+- `jose` and `sealing`: signing (JWK, JWKS, JWS) and the sealed values (AES-GCM);
+- `binding`: the cookie that binds each sign-in's state to the browser that started it.
 """

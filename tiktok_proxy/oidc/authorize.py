@@ -15,6 +15,7 @@ from .. import tiktok
 from ..config import split_scopes
 from ..errors import OAuthError, invalid_request, missing
 from ..inbound import check_allowed, parse_query, unique_params
+from .binding import Binding, check_same_browser, expire
 from .claims import facade_scopes, mapped_to_tiktok
 from .pages import back_to_client, finish, redirect, refused_page
 from .provider import CODE_LIFETIME, STATE_LIFETIME, Provider
@@ -58,6 +59,7 @@ async def authorize(provider: Provider, request: Request) -> Response:
     if prompts(params) == {"none"}:  # no TikTok call, no page: an id_token_hint changes nothing either
         return back_to_client(redirect_uri, LOGIN_REQUIRED, params.get("state"), "oidc_authorize", client_id)
     wanted = mapped_to_tiktok(scopes)
+    binding = Binding.new(secure=provider.issuer.startswith("https://"))
     sealed = {
         "c": client_id,
         "r": redirect_uri,
@@ -66,6 +68,7 @@ async def authorize(provider: Provider, request: Request) -> Response:
         "pc": params.get("code_challenge"),
         "sc": wanted,
         "fs": facade_scopes(scopes, settings.oidc_email_domain),
+        "b": binding.sealed(),
     }
     ask = {"scope": " ".join(wanted), "response_type": "code", "redirect_uri": provider.callback_url}
     if prompts(params) & SHOW_PAGE_PROMPTS or "max_age" in params:
@@ -74,7 +77,9 @@ async def authorize(provider: Provider, request: Request) -> Response:
     query = tiktok.authorize_query({**ask, "state": state}, client_id, settings.scopes)
     finish("oidc_authorize", 302, "redirect", client_id)
     # Only ever the configured TikTok URL: nothing in the request chooses where the browser goes.
-    return redirect(f"{settings.authorize_url}?{urlencode(query)}")
+    response = redirect(f"{settings.authorize_url}?{urlencode(query)}")
+    binding.set_on(request, response, STATE_LIFETIME)
+    return response
 
 
 async def callback(provider: Provider, request: Request) -> Response:
@@ -87,6 +92,7 @@ async def callback(provider: Provider, request: Request) -> Response:
             sealed = provider.states.unseal(params.get("state"))
         except Unsealable as why:
             raise invalid_request(f"the sign-in state {why}: start again from the application") from None
+        check_same_browser(request, sealed.get("b"))
     except OAuthError as err:
         return refused_page(err, "oidc_callback", None)
     if "error" not in params and params.get("code"):
@@ -100,7 +106,9 @@ async def callback(provider: Provider, request: Request) -> Response:
         back = {"error": error, "error_description": description}
     else:
         back = {"error": "server_error", "error_description": "TikTok redirected back with neither code nor error"}
-    return back_to_client(sealed["r"], back, sealed["s"], "oidc_callback", sealed["c"])
+    response = back_to_client(sealed["r"], back, sealed["s"], "oidc_callback", sealed["c"])
+    expire(response, sealed["b"][0])  # the state has served: it opens nothing more, even in this browser
+    return response
 
 
 def checked_request(params: Mapping[str, str]) -> list[str]:

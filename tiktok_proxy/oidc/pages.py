@@ -41,8 +41,16 @@ def refused_page(err: OAuthError, event: str, client_id: str | None) -> Response
         f'<h1>Sign-in failed</h1><p id="error">{escape(err.description)}</p>'
         "<p>Go back to the application and sign in again. If this keeps happening, tell its administrator.</p></main>",
         status_code=400,
-        headers=NO_STORE,
+        headers={**NO_STORE, **PAGE_HEADERS},
     )
+
+
+# The page shows no script and loads nothing but its inline style, and no other site may frame it (clickjacking):
+# CSP's frame-ancestors, and X-Frame-Options for browsers without it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 
 
 PAGE_STYLE = (

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import metrics, tiktok
-from ..config import split_scopes
+from ..config import Settings, split_scopes
 from ..errors import NO_STORE, OAuthError, missing
-from ..inbound import CUT_BY_DEADLINE, check_allowed, client_credentials, parse_params, read_body
+from ..inbound import CUT_BY_DEADLINE, check_allowed, check_own_secret, client_credentials, parse_params, read_body
 from ..logs import log_outcome
 from .claims import facade_scopes, openid_scopes
 from .jose import b64url
@@ -39,9 +41,8 @@ async def _token(provider: Provider, request: Request) -> Response:
         params = parse_params(
             request.headers.get("content-type", ""), await read_body(request.headers, request.receive)
         )
-        client_key, client_secret = client_credentials(request.headers, params)
+        client_key, client_secret = authenticated_client(settings, request.headers, params)
         fields["client_key"] = client_key
-        check_allowed(settings, client_key)
         grant = fields["grant"] = params.get("grant_type")
         nonce: str | None = None
         granted: list[str] | None = None  # None: unknown, so the user info asks for every field
@@ -116,6 +117,38 @@ def unknown_own_scopes(email_domain: str) -> list[str]:
     return facade_scopes(["email"], email_domain)
 
 
+# RFC 7636 §4.1: code_verifier = 43*128unreserved
+PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+ASSERTION_PARAMS = ("client_assertion", "client_assertion_type")  # private_key_jwt, client_secret_jwt
+
+
+def authenticated_client(settings: Settings, headers: Headers, params: Mapping[str, str]) -> tuple[str, str]:
+    """The client key and secret, once the client has authenticated as far as the proxy can tell, before anything
+    else in the request is looked at (RFC 6749 §5.2: invalid_client). The proxy's own key (TIKTOK_CLIENT_KEY) must
+    carry its secret, checked here, so a wrong one never reaches TikTok; any other allowed key's secret is TikTok's
+    to check. X-Proxy-Secret plays no part: relying parties cannot send it."""
+    if any(name in params for name in ASSERTION_PARAMS):
+        raise OAuthError(
+            401,
+            "invalid_client",
+            "client_assertion (private_key_jwt, client_secret_jwt) is not supported: authenticate with "
+            "client_secret_post or client_secret_basic",
+        )
+    client_key, client_secret = client_credentials(headers, params, absent=unauthenticated)
+    if not check_own_secret(settings, client_key, client_secret):
+        check_allowed(settings, client_key)
+    return client_key, client_secret
+
+
+def unauthenticated(name: str) -> OAuthError:
+    return OAuthError(
+        401,
+        "invalid_client",
+        f"missing {name}: authenticate with client_id and client_secret in the body (client_secret_post) or as "
+        "HTTP Basic (client_secret_basic)",
+    )
+
+
 def redeemable(provider: Provider, params: Mapping[str, str], client_key: str) -> dict[str, Any]:
     """The sealed code's contents, once it has passed every check that needs no TikTok call."""
     if "code" not in params:
@@ -129,6 +162,8 @@ def redeemable(provider: Provider, params: Mapping[str, str], client_key: str) -
     if params.get("redirect_uri") != sealed["r"]:
         raise invalid_grant("redirect_uri differs from the one in the authorization request")
     verifier, challenge = params.get("code_verifier"), sealed["pc"]
+    if verifier is not None and not PKCE_VERIFIER.fullmatch(verifier):
+        raise invalid_grant("code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~ (RFC 7636 §4.1)")
     if challenge is None and verifier is not None:
         raise invalid_grant("code_verifier was sent, but the authorization request had no code_challenge")
     if challenge is not None:
