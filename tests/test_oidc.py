@@ -26,8 +26,28 @@ import pytest
 from tiktok_proxy.config import ConfigError, load_settings
 from tiktok_proxy.oidc.sealing import Sealer
 
-from conftest import OTHER_CLIENT_KEY, OTHER_CLIENT_SECRET, RP_REDIRECT, OIDCProxy, ServerThread, free_port, oidc_env
-from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TOKEN_PATH, USER, USER_INFO_PATH, TikTokStandIn, envelope, reply
+from conftest import (
+    OTHER_CLIENT_KEY,
+    OTHER_CLIENT_SECRET,
+    PROXY_TIMEOUT,
+    RP_REDIRECT,
+    OIDCProxy,
+    ServerThread,
+    free_port,
+    oidc_env,
+    timer,
+)
+from stand_ins.tiktok import (
+    CLIENT_KEY,
+    CLIENT_SECRET,
+    TOKEN_PATH,
+    USER,
+    USER_INFO_PATH,
+    TikTokStandIn,
+    drip,
+    envelope,
+    reply,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VERIFIER = "a-code-verifier-of-forty-three-characters-at-least-0123456789"
@@ -584,6 +604,30 @@ def test_a_refresh_keeps_tiktoks_new_tokens_when_the_user_info_fails(
     assert again.status_code == 200 and claims_of(again.json()["id_token"])["sub"] == USER["open_id"]
     assert refresh_id_tokens(proxy)["issued"] == before["issued"] + 1
     assert caplog.records[-1].getMessage().endswith(" status=200 id_token=issued")
+
+
+def test_a_refresh_leaves_the_user_info_only_what_remains_of_tiktok_timeout(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TIKTOK_TIMEOUT bounds the whole exchange with TikTok. After a slow refresh, the user info gets only the rest
+    of it: a relying party that waits that long still gets TikTok's new tokens, without an ID token."""
+    caplog.set_level(logging.INFO, logger="tiktok_proxy")
+    proxy = start_oidc()  # TIKTOK_TIMEOUT is PROXY_TIMEOUT, 1.5 s
+    first = redeem(proxy, sign_in(proxy)["code"]).json()
+    tiktok.token_delay = 1.0
+    # About 1.2 s: within TIKTOK_TIMEOUT on its own, past it after the token call's second.
+    tiktok.user_info_fault = drip(json.dumps(envelope_of_user()).encode()[:12], 0.1)
+    with timer() as elapsed:
+        answer = refresh(proxy, first["refresh_token"])
+    assert answer.status_code == 200, answer.text
+    assert elapsed() < PROXY_TIMEOUT + 0.4
+    refreshed = answer.json()
+    assert "id_token" not in refreshed and refreshed["refresh_token"] in tiktok.refresh_tokens
+    assert caplog.records[-1].getMessage().endswith(" status=200 id_token=omitted:timeout")
+
+
+def envelope_of_user() -> dict[str, Any]:
+    return {"data": {"user": USER}, "error": {"code": "ok", "message": "", "log_id": ""}}
 
 
 def test_the_code_grant_without_tiktoks_user_info_is_a_502(

@@ -92,6 +92,7 @@ class TikTokStandIn:
     error_status: int = 200  # quirk Q4: TikTok has answered OAuth errors with HTTP 200
     fault: Callable[[], Response] | None = None
     user_info_fault: Callable[[], Response] | None = None  # the same, for the user-info endpoint alone
+    token_delay: float = 0.0  # seconds the token endpoint thinks before it answers (as TikTok, under load)
 
     def reset(self) -> None:
         self.codes.clear()
@@ -107,6 +108,7 @@ class TikTokStandIn:
         self.error_status = 200
         self.fault = None
         self.user_info_fault = None
+        self.token_delay = 0.0
 
     def issue_code(
         self, *, redirect_uri: str = REDIRECT_URI, code_verifier: str | None = None, scope: str = GRANTED_SCOPE
@@ -148,6 +150,7 @@ class TikTokStandIn:
 
     async def token(self, request: Request) -> Response:
         params, refusal = await self.receive(request)
+        await asyncio.sleep(self.token_delay)
         if refusal is not None:
             return refusal
         client_key = params["client_key"]

@@ -3,6 +3,7 @@ plus an ID token) and the userinfo endpoint (a TikTok access token → the user'
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -61,6 +62,8 @@ async def _token(provider: Provider, request: Request) -> Response:
             raise missing("grant_type")
         else:
             raise OAuthError(400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token")
+        # TIKTOK_TIMEOUT bounds the whole exchange with TikTok, the user info after the token call included.
+        deadline = asyncio.get_running_loop().time() + settings.timeout
         reply = await tiktok.post_form(request.state.upstream, settings.token_url, form, settings.timeout)
         fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
         answer = tiktok.token_answer(reply, form)
@@ -70,7 +73,7 @@ async def _token(provider: Provider, request: Request) -> Response:
         sign = partial(provider.id_token, client_id=client_key, nonce=nonce, auth_time=auth_time,
                        email="email" in own_scopes)  # fmt: skip
         if grant == "refresh_token":
-            fields_after["id_token"] = await add_refreshed_id_token(provider, request, answer, granted, sign)
+            fields_after["id_token"] = await add_refreshed_id_token(provider, request, answer, granted, sign, deadline)
         else:  # the ID token is what a relying party signs in with: without it, the code grant failed
             answer["id_token"] = sign(await provider.user(request, answer["access_token"], granted, server_error))
             fields_after["id_token"] = "issued"
@@ -95,14 +98,22 @@ async def add_refreshed_id_token(
     answer: dict[str, Any],
     granted: list[str] | None,
     sign: Callable[[Mapping[str, Any]], str],
+    deadline: float,
 ) -> str:
     """A new ID token into a refresh's answer when TikTok's user info gives the user; the log's word for it.
 
     By now TikTok has rotated the refresh token, and the one the relying party sent no longer works: failing the
     answer would lose the user's grant. OIDC Core §12.2 makes the ID token optional on a refresh, so a user info
-    that fails (a refused token, 429, 5xx, unreachable) only leaves it out."""
+    that fails (a refused token, 429, 5xx, unreachable) only leaves it out. So does one that would outlast the
+    exchange's deadline: a relying party that gives up waiting loses TikTok's new tokens all the same."""
     try:
-        answer["id_token"] = sign(await provider.user(request, answer["access_token"], granted, lambda err: err))
+        async with asyncio.timeout_at(deadline):
+            user = await provider.user(request, answer["access_token"], granted, lambda err: err)
+        answer["id_token"] = sign(user)
+    except TimeoutError:
+        metrics.upstream_failed("timeout")
+        metrics.refresh_id_token(issued=False)
+        return "omitted:timeout"
     except OAuthError as err:
         metrics.refresh_id_token(issued=False)
         return f"omitted:{err.error}"
