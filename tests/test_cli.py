@@ -334,3 +334,33 @@ def test_an_open_relay_off_loopback_is_an_explicit_and_loud_choice(tmp_path: Pat
     log = running.stop()
     assert "gate=open" in log
     assert "WARNING tiktok_proxy OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on 0.0.0.0" in log
+
+
+# ------------------------------------------------------------------------------------- misspelt settings
+
+
+def test_misspelt_settings_are_named_at_startup(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TIKTOK_CLIENT_KYE=aw1yourclientkey\nOIDC_SIGNING_KEY=/keys/oidc-key.pem\n")
+    running = RunningProxy.start([], clean_env(PROXY_SECRT="a-gate-secret-in-a-misspelt-variable"), tmp_path)
+    log = running.stop()
+    for misspelt, meant in (("OIDC_SIGNING_KEY", "OIDC_SIGNING_KEY_FILE"), ("PROXY_SECRT", "PROXY_SECRET"),
+                            ("TIKTOK_CLIENT_KYE", "TIKTOK_CLIENT_KEY")):  # fmt: skip
+        assert f"WARNING tiktok_proxy {misspelt} is not a setting; did you mean {meant}?" in log, log
+    for value in ("aw1yourclientkey", "/keys/oidc-key.pem", "a-gate-secret-in-a-misspelt-variable"):
+        assert value not in log
+
+
+def test_a_misspelling_is_named_before_the_error_it_causes(tmp_path: Path) -> None:
+    from tiktok_proxy.oidc.jose import generate_pem
+
+    (tmp_path / "key.pem").write_text(generate_pem("ec"))
+    env = clean_env(OIDC_SIGNING_KEY_FILE=str(tmp_path / "key.pem"), PUBLIC_URL="https://idp.example.com",
+                    ALLOWED_CLIENT_KEYS="aw1yourclientkey", OIDC_REDIRECT_URI="https://app.example.com/cb")  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO / "proxy.py")], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "tiktok-token-proxy: warning: OIDC_REDIRECT_URI is not a setting; did you mean OIDC_REDIRECT_URIS?",
+        "tiktok-token-proxy: configuration error: OIDC_REDIRECT_URIS must list your relying parties' redirect URIs "
+        "(OIDC_SIGNING_KEY_FILE is set)",
+    ]

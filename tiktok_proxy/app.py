@@ -227,6 +227,8 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
                   gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
                   oidc=settings.public_url if settings.oidc_key else "off")  # fmt: skip
+        for warning in settings.warnings:  # a misspelt name, a secret that cannot be real (config.py)
+            log.warning(warning)
         warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
