@@ -517,6 +517,14 @@ def test_delete_waits_for_the_revoke_unless_forced(
 # ------------------------------------------------------------------ nothing secret shown or sent in the clear
 
 
+def test_a_one_letter_secret_does_not_garble_the_message(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    # Too short to be real (doctor warns about it); redacted only where it stands as a value, so the words stay.
+    del env["PUBLIC_URL"]
+    result = cli({**env, "AUTH0_MGMT_TOKEN": "t"}, "setup-auth0")
+    assert result.returncode == 1
+    assert result.stderr == "tiktok-token-proxy: PUBLIC_URL is not set (environment, .env or flag)\n"
+
+
 TEAM_HEADER_SECRET = "a-team-header-value-that-is-secret"
 
 

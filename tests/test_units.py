@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
 from tiktok_proxy.config import (
+    MIN_SECRET_LENGTH,
     OWN_PREFIXES,
     VARIABLES,
     ConfigError,
@@ -23,7 +24,7 @@ from tiktok_proxy.config import (
     load_settings,
 )
 from tiktok_proxy.errors import OAuthError, json_bytes
-from tiktok_proxy.logs import formatter, log, log_event, logfmt
+from tiktok_proxy.logs import REAL_SECRET_LENGTH, formatter, log, log_event, logfmt, redact
 from tiktok_proxy.tiktok import form_body, normalize_token_reply, tiktok_log_id, upstream_reply
 from tiktok_proxy.upstream import Answer
 
@@ -301,6 +302,25 @@ def test_json_log_lines_cannot_be_forged_and_keep_the_fields() -> None:
     assert list(entry)[3:] == list(fields) and entry["client_key"] == fields["client_key"] and entry["log_id"] is None
     plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started %s", ("server",), None)
     assert json.loads(JSONFormatter().format(plain))["message"] == "Started server"
+
+
+def test_redaction_replaces_whole_values_of_a_short_secret_never_letters_in_words() -> None:
+    message = "PUBLIC_URL is not set (environment, .env or flag): t"
+    assert redact(message, ["t"]) == "PUBLIC_URL is not set (environment, .env or flag): [redacted]"
+    assert redact("token=t&x=y, secret 't'", ["t"]) == "token=[redacted]&x=y, secret '[redacted]'"
+    assert redact("the secret is abc", ["abc"]) == "the secret is [redacted]"
+    assert redact("abcdef and xabc", ["abc"]) == "abcdef and xabc"  # inside words: a coincidence
+
+
+def test_redaction_removes_a_real_secret_wherever_it_is() -> None:
+    secret = "s3cr3t-Client-Secret-value"
+    assert len(secret) >= REAL_SECRET_LENGTH == MIN_SECRET_LENGTH  # the two modules agree on what is real
+    text = f"bad secret {secret}; glued:x{secret}y; twice {secret}{secret}"
+    assert redact(text, [secret]) == "bad secret [redacted]; glued:x[redacted]y; twice [redacted][redacted]"
+    # One secret inside another: the longer goes first, whole, so no part of it is left.
+    longer = secret + "-and-more-of-it"
+    assert redact(f"a {longer} b {secret}", [secret, longer]) == "a [redacted] b [redacted]"
+    assert redact("nothing here", ["", secret]) == "nothing here"
 
 
 # ------------------------------------------------------------------------------------ the direct log line
