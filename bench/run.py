@@ -9,7 +9,11 @@
 It starts nginx as a fast TikTok stand-in (a fixed v2 token answer) and as a plain `proxy_pass` hop in front
 of it (the cost floor of one HTTP hop on this machine), starts the proxy (`python proxy.py`, one worker)
 pointed at the stand-in, and drives each with wrk: a form-encoded POST like Auth0's, at 1, 32 and 128
-connections. Everything runs on 127.0.0.1.
+connections. Everything runs on 127.0.0.1, and stops when the bench does, Ctrl-C included.
+
+Each proxy runs in an empty directory, with none of the proxy's variables from this environment: a `.env`
+from the quick start (its TIKTOK_CLIENT_KEY would refuse the bench's key) configures none of them. Only
+--with-env sets any. Their output goes to tiktok-proxy-bench.log in the system's temporary directory (/tmp).
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tiktok_proxy.config import OWN_PREFIXES, VARIABLES  # noqa: E402
+
 STAND_IN_PORT, NGINX_HOP_PORT, PROXY_PORT = 18080, 18081, 18082
 TOKEN_JSON = (
     '{"access_token":"act.bench","expires_in":86400,"open_id":"afd97af1-b87b-48b9-ac98-410aghda5344",'
@@ -72,16 +81,25 @@ wrk.body = "{FORM}"
 """
 
 
-def wait_until_up(url: str) -> None:
+def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    """Until `url` answers the bench's POST with a 2xx. Any other answer, or the process ending, stops the bench
+    with what happened."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
+        request = urllib.request.Request(url, data=FORM.encode(), headers={"X-Proxy-Secret": GATE_SECRET})
         try:
-            request = urllib.request.Request(url, data=FORM.encode(), headers={"X-Proxy-Secret": GATE_SECRET})
             urllib.request.urlopen(request, timeout=1).read()
             return
+        except urllib.error.HTTPError as answer:
+            body = answer.read(300).decode(errors="replace")
+            raise SystemExit(f"bench: {url} answered {answer.code} to the bench's request: {body}") from None
         except OSError:
+            if process.poll() is not None:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:]) if log else ""
+                command = " ".join(map(str, process.args))  # type: ignore[arg-type]
+                raise SystemExit(f"bench: {command} exited ({process.returncode}):\n{tail}") from None
             time.sleep(0.1)
-    raise SystemExit(f"bench: nothing answered at {url}")
+    raise SystemExit(f"bench: nothing answered at {url} within 20 seconds")
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
@@ -125,18 +143,51 @@ def rss_mib(pid: int) -> float:
     return memory_mib(pid, "VmRSS")
 
 
-def start_proxy(command: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+class Children:
+    """Every process the bench starts, each stopped when it is done with it, and all of them when the bench ends,
+    however it ends (an error, Ctrl-C, SIGTERM): none may keep a port for the next run."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, **options)
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self.running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.running):  # the proxies first, then nginx
+            self.stop(process)
+
+
+def start_proxy(children: Children, command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A proxy in `cwd`, an empty directory, with none of the proxy's variables but the bench's and `env`."""
+    inherited = {name: value for name, value in os.environ.items() if not is_proxy_variable(name)}
     env = {
-        **os.environ,
+        **inherited,
         "TIKTOK_TOKEN_URL": f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/",
         "LOG_LEVEL": "INFO",  # the default: one log line per exchange, written to a file as a platform would
         "WEB_CONCURRENCY": "1",
-        **(env or {}),
+        **env,
     }
-    log = open(Path(tempfile.gettempdir()) / "tiktok-proxy-bench.log", "w")  # noqa: SIM115  # closed with the process
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
-    wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token")
+    log_path = Path(tempfile.gettempdir()) / "tiktok-proxy-bench.log"
+    with open(log_path, "w") as log:  # the process keeps its own copy of the descriptor
+        process = children.start(command, env=env, cwd=cwd, stdout=log, stderr=log)
+    wait_until_up(f"http://127.0.0.1:{PROXY_PORT}/proxy/token", process, log_path)
     return process
+
+
+def is_proxy_variable(name: str) -> bool:
+    return name in VARIABLES or name.upper().startswith(OWN_PREFIXES) or name.lower() in ("https_proxy", "no_proxy")
 
 
 @dataclass
@@ -144,7 +195,6 @@ class Target:
     name: str
     url: str
     command: list[str] | None = None  # a proxy to start for this target; None: nginx serves it
-    cwd: Path = REPO
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -170,23 +220,26 @@ def main() -> None:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"bench: {tool} is missing; apt-get install -y nginx wrk")
 
+    children = Children()
+    # SIGTERM as Ctrl-C: through the `finally` below, which stops every child.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        empty = work / "proxy"  # where each proxy runs: no .env there
+        empty.mkdir()
         (work / "nginx.conf").write_text(
             NGINX_CONF.format(dir=work, stand_in=STAND_IN_PORT, hop=NGINX_HOP_PORT, token=TOKEN_JSON)
         )
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        nginx = subprocess.Popen(
-            [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
-        )
-        proxies: list[subprocess.Popen[bytes]] = []
         try:
-            wait_until_up(f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/")
-            proxy_command = [sys.executable, "proxy.py", "--port", str(PROXY_PORT)]
+            nginx = children.start(
+                [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
+            )
+            wait_until_up(f"http://127.0.0.1:{STAND_IN_PORT}/v2/oauth/token/", nginx)
+            proxy_command = [sys.executable, str(REPO / "proxy.py"), "--port", str(PROXY_PORT)]
             if args.soak:
-                proxies.append(start_proxy(proxy_command))
-                soak(proxies[0].pid, args.soak, script)
+                soak(start_proxy(children, proxy_command, empty, {}).pid, args.soak, script)
                 return
             print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
                   f"{cpu_model()}, Python {platform.python_version()}, wrk -t1, {args.seconds}s per row")  # fmt: skip
@@ -200,7 +253,8 @@ def main() -> None:
             for ref in args.compare:
                 tree = work / f"ref-{len(proxied)}"
                 subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=REPO, check=True)
-                proxied.append(Target(f"proxy @ {ref}"[:33], proxy_url, proxy_command, cwd=tree))
+                command = [sys.executable, str(tree / "proxy.py"), *proxy_command[2:]]
+                proxied.append(Target(f"proxy @ {ref}"[:33], proxy_url, command))
             for assignments in args.with_env:
                 variables = dict(pair.split("=", 1) for pair in assignments.split(","))
                 proxied.append(
@@ -211,16 +265,16 @@ def main() -> None:
                                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
                 proxied.append(Target(f"proxy, Python {version}", proxy_url, [python, *proxy_command[1:]]))
             for other in args.other:
-                label, command = other.split("=", 1)
-                proxied.append(Target(label[:33], proxy_url, shlex.split(command)))
+                label, command_line = other.split("=", 1)
+                proxied.append(Target(label[:33], proxy_url, shlex.split(command_line)))
             if args.variants:
                 for variant in ("httpx", "httpx2", "aiohttp"):
-                    command = [sys.executable, "bench/variants.py", variant, str(PROXY_PORT)]
+                    command = [sys.executable, str(REPO / "bench" / "variants.py"), variant, str(PROXY_PORT)]
                     proxied.append(Target(f"proxy on {variant}", proxy_url, command))
             connection_counts = [int(c) for c in args.connections.split(",")]
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
             for target in fixed + proxied * args.rounds:  # rounds interleave the proxies, so drift hits them alike
-                process = start_proxy(target.command, target.cwd, target.env) if target.command else None
+                process = start_proxy(children, target.command, empty, target.env) if target.command else None
                 for connections in connection_counts:
                     cpu_before = cpu_seconds(process.pid) if process else 0.0
                     result = wrk(target.url, connections, args.seconds, script)
@@ -230,8 +284,7 @@ def main() -> None:
                     print_row(target.name, connections, result)
                 if process:
                     print(f"{'':<34}peak RSS {peak_rss_mib(process.pid):.1f} MiB")
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(15)
+                    children.stop(process)
             if args.rounds > 1:
                 print(
                     f"# median of {args.rounds} rounds; req/s across the rounds; this build against each, round by round"
@@ -249,10 +302,7 @@ def main() -> None:
             if direct and ours:
                 print(f"added latency at 1 connection (p50): {ours[0]['p50'] - direct[0]['p50']:.2f} ms")
         finally:
-            for process in proxies:
-                process.terminate()
-            nginx.terminate()
-            nginx.wait(10)
+            children.stop_all()
             if args.compare:
                 subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False)
 
@@ -290,4 +340,7 @@ def cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("bench: interrupted; everything it started is stopped") from None

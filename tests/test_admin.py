@@ -405,6 +405,33 @@ def test_doctor_exits_non_zero_on_a_problem(healthy_tenant: dict[str, str], auth
     assert "problem  Auth0 has no connection named tiktok" in result.stdout
 
 
+def test_doctor_with_nothing_set_fails_and_says_it_found_no_dotenv(tmp_path: Path) -> None:
+    result = cli({"PATH": os.environ["PATH"]}, "doctor", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"settings: the environment only (no .env in {tmp_path})"
+    assert "problem  TIKTOK_CLIENT_KEY is not set (nor ALLOWED_CLIENT_KEYS): no TikTok app to check" in result.stdout
+    assert "fix: set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET to your TikTok app's Client key" in result.stdout
+    assert lines[-1].startswith("1 problem(s), ")
+
+
+def test_doctor_names_its_dotenv_and_what_is_misspelt_in_it(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"TIKTOK_CLIENT_KEY={CLIENT_KEY}\nTIKTOK_CLIENT_SECRET={CLIENT_SECRET}\nPROXY_SECRT={GATE_SECRET}\n"
+        "AUTH0_MGMT_TOKEN=t\n"
+    )
+    result = cli({"PATH": os.environ["PATH"], "OIDC_SIGNING_KEY": "/keys/oidc-key.pem"}, "doctor", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"settings: the environment, then {tmp_path / '.env'}"
+    assert lines[1:4] == [
+        "warning  OIDC_SIGNING_KEY is not a setting; did you mean OIDC_SIGNING_KEY_FILE?",
+        "warning  PROXY_SECRT is not a setting; did you mean PROXY_SECRET?",
+        "warning  AUTH0_MGMT_TOKEN is shorter than 16 characters, too short to be real: copy it again, whole",
+    ]
+    assert "TIKTOK_CLIENT_KEY is not set" not in result.stdout  # read from the .env
+    assert GATE_SECRET not in result.stdout and "/keys/oidc-key.pem" not in result.stdout
+
+
 # ----------------------------------------------------------------------------------- revoke-user
 
 USER_ID = "oauth2|tiktok|afd97af1-b87b-48b9-ac98-410aghda5344"
@@ -488,6 +515,15 @@ def test_delete_waits_for_the_revoke_unless_forced(
 
 
 # ------------------------------------------------------------------ nothing secret shown or sent in the clear
+
+
+def test_a_one_letter_secret_does_not_garble_the_message(auth0: Auth0StandIn, env: dict[str, str]) -> None:
+    # Too short to be real (doctor warns about it); redacted only where it stands as a value, so the words stay.
+    del env["PUBLIC_URL"]
+    result = cli({**env, "AUTH0_MGMT_TOKEN": "t"}, "setup-auth0")
+    assert result.returncode == 1
+    assert result.stderr == "tiktok-token-proxy: PUBLIC_URL is not set (environment, .env or flag)\n"
+
 
 TEAM_HEADER_SECRET = "a-team-header-value-that-is-secret"
 

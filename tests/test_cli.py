@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tiktok_proxy.config import load_settings
 from tiktok_proxy.logs import logfmt
 
 from conftest import ServerThread, free_port, wait_until_healthy
@@ -334,3 +335,91 @@ def test_an_open_relay_off_loopback_is_an_explicit_and_loud_choice(tmp_path: Pat
     log = running.stop()
     assert "gate=open" in log
     assert "WARNING tiktok_proxy OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on 0.0.0.0" in log
+
+
+# ------------------------------------------------------------------------------------- misspelt settings
+
+
+def test_misspelt_settings_are_named_at_startup(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TIKTOK_CLIENT_KYE=aw1yourclientkey\nOIDC_SIGNING_KEY=/keys/oidc-key.pem\n")
+    running = RunningProxy.start([], clean_env(PROXY_SECRT="a-gate-secret-in-a-misspelt-variable"), tmp_path)
+    log = running.stop()
+    for misspelt, meant in (("OIDC_SIGNING_KEY", "OIDC_SIGNING_KEY_FILE"), ("PROXY_SECRT", "PROXY_SECRET"),
+                            ("TIKTOK_CLIENT_KYE", "TIKTOK_CLIENT_KEY")):  # fmt: skip
+        assert f"WARNING tiktok_proxy {misspelt} is not a setting; did you mean {meant}?" in log, log
+    for value in ("aw1yourclientkey", "/keys/oidc-key.pem", "a-gate-secret-in-a-misspelt-variable"):
+        assert value not in log
+
+
+def test_a_misspelling_is_named_before_the_error_it_causes(tmp_path: Path) -> None:
+    from tiktok_proxy.oidc.jose import generate_pem
+
+    (tmp_path / "key.pem").write_text(generate_pem("ec"))
+    env = clean_env(OIDC_SIGNING_KEY_FILE=str(tmp_path / "key.pem"), PUBLIC_URL="https://idp.example.com",
+                    ALLOWED_CLIENT_KEYS="aw1yourclientkey", OIDC_REDIRECT_URI="https://app.example.com/cb")  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO / "proxy.py")], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "tiktok-token-proxy: warning: OIDC_REDIRECT_URI is not a setting; did you mean OIDC_REDIRECT_URIS?",
+        "tiktok-token-proxy: configuration error: OIDC_REDIRECT_URIS must list your relying parties' redirect URIs "
+        "(OIDC_SIGNING_KEY_FILE is set)",
+    ]
+
+
+# ------------------------------------------------------------------------------------------- oidc-keygen
+
+
+def keygen(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "proxy.py"), "oidc-keygen", *arguments], env=clean_env(),
+                          cwd=cwd, capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_oidc_keygen_writes_a_key_only_its_owner_can_read(tmp_path: Path) -> None:
+    result = keygen("--type", "ec", "--out", "oidc-key.pem", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    key_file = tmp_path / "oidc-key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    env = {"OIDC_SIGNING_KEY_FILE": str(key_file), "PUBLIC_URL": "https://idp.example.com",
+           "ALLOWED_CLIENT_KEYS": "aw1yourclientkey", "OIDC_REDIRECT_URIS": "https://app.example.com/cb"}  # fmt: skip
+    assert load_settings(env).oidc_key is not None  # a key the facade takes
+
+
+def test_oidc_keygen_creates_the_file_with_its_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With no umask at all and no chmod allowed, 0600 can only come from the creation itself: the key is never
+    # readable by others, not even for an instant.
+    from tiktok_proxy import cli
+
+    def no_chmod(*arguments: object, **options: object) -> None:
+        raise AssertionError("the key file was chmod'ed after its creation")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "fchmod", no_chmod)
+    previous = os.umask(0)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli.main(["oidc-keygen", "--type", "ec", "--out", str(tmp_path / "oidc-key.pem")])
+    finally:
+        os.umask(previous)
+    assert ended.value.code == 0
+    assert (tmp_path / "oidc-key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_oidc_keygen_never_overwrites(tmp_path: Path) -> None:
+    assert keygen("--type", "ec", "--out", "oidc-key.pem", cwd=tmp_path).returncode == 0
+    first = (tmp_path / "oidc-key.pem").read_text()
+    again = keygen("--type", "ec", "--out", "oidc-key.pem", cwd=tmp_path)
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr == (
+        "tiktok-token-proxy: oidc-key.pem exists; oidc-keygen never overwrites a key (choose another --out)\n"
+    )
+    assert (tmp_path / "oidc-key.pem").read_text() == first
+    # Nor through a link planted where the key is to go: the link's target is not created.
+    (tmp_path / "planted.pem").symlink_to(tmp_path / "elsewhere.pem")
+    assert keygen("--out", "planted.pem", cwd=tmp_path).returncode == 1
+    assert not (tmp_path / "elsewhere.pem").exists()
+    missing = keygen("--out", "no-such-folder/oidc-key.pem", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert (
+        missing.stderr == "tiktok-token-proxy: cannot create no-such-folder/oidc-key.pem: No such file or directory\n"
+    )

@@ -238,3 +238,25 @@ def test_off_loopback_the_proxy_needs_a_gate(host: str) -> None:
         assert load_settings({"HOST": loopback}).proxy_secrets == frozenset()  # a laptop needs no gate
     with pytest.raises(ConfigError, match="ALLOW_OPEN_RELAY must be true or false"):
         load_settings({"HOST": host, "ALLOW_OPEN_RELAY": "maybe"})
+
+
+def test_refused_exchanges_log_the_grant_they_asked_for(
+    proxy_with, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    client = proxy_with(**OWN)
+    refresh = {"grant_type": "refresh_token", "refresh_token": "rft.x", "client_id": OTHER_KEY, "client_secret": "x"}
+    with caplog.at_level(logging.INFO):
+        own_key_refusal(client.post("/proxy/token", data=code_grant("c", client_secret=WRONG_SECRET)))
+        assert_oauth_error(client.post("/proxy/token", data=refresh), 401, "invalid_client")  # not allowed
+        assert_oauth_error(client.post("/proxy/token", data=code_grant("c", grant_type="password")), 400,
+                           "unsupported_grant_type")  # fmt: skip
+        forged = code_grant("c", grant_type="authorization_code\nINFO tiktok_proxy event=token outcome=ok")
+        assert_oauth_error(client.post("/proxy/token", data=forged), 400, "unsupported_grant_type")
+        no_grant = {name: value for name, value in code_grant("c").items() if name != "grant_type"}
+        assert_oauth_error(client.post("/proxy/token", data=no_grant), 400, "invalid_request")
+    lines = [line for line in caplog.text.splitlines() if "event=token " in line]
+    # A known grant as it is; any other value as one fixed word, so nothing the caller sends lands in the line.
+    grants = [line.split(" grant=")[1].split()[0] for line in lines]
+    assert grants == ["authorization_code", "refresh_token", "other", "other", "-"], caplog.text
+    assert all("upstream_status=-" in line for line in lines)  # all refused by the proxy itself
+    assert tiktok.seen == []

@@ -816,6 +816,20 @@ def test_no_code_token_state_or_secret_in_any_log_line(
         assert secret not in text
 
 
+def test_refused_token_requests_log_the_grant_they_asked_for(
+    start_oidc: Callable[..., OIDCProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    proxy = start_oidc()
+    assert redeem(proxy, "not-a-sealed-code", client_id="aw1notallowedkey").status_code == 401
+    assert redeem(proxy, "not-a-sealed-code").status_code == 400  # invalid_grant, found before TikTok
+    assert redeem(proxy, "x", grant_type="urn:ietf:params:oauth:grant-type:" + "x" * 300).status_code == 400
+    assert redeem(proxy, "x", grant_type="").status_code == 400  # none sent
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=oidc_token ")]
+    grants = [line.split(" grant=")[1].split()[0] for line in lines]
+    assert grants == ["authorization_code", "authorization_code", "other", "-"], lines
+
+
 def test_each_step_is_counted_in_the_metrics(start_oidc: Callable[..., OIDCProxy]) -> None:
     proxy = start_oidc(METRICS_TOKEN="metrics-token-0123456789")
     tokens = redeem(proxy, sign_in(proxy)["code"]).json()

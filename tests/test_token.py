@@ -194,6 +194,8 @@ def test_only_what_tiktok_needs_is_forwarded(client: httpx.Client, tiktok: TikTo
     ("breakage", "status", "error", "description"),
     [
         ("wrong-secret", 401, "invalid_client", "Client key or secret is incorrect."),
+        # Redacted as a whole value only: the letter e stays in TikTok's words.
+        ("one-letter-secret", 401, "invalid_client", "Client key or secret is incorrect."),
         ("reused-code", 400, "invalid_grant", "Authorization code is expired."),
         ("redirect-mismatch", 400, "invalid_request", "Redirect_uri is not matched with the uri when requesting code."),
         ("wrong-verifier", 400, "invalid_grant", "Code verifier or code challenge is invalid."),
@@ -213,6 +215,8 @@ def test_tiktok_refusals_become_oauth_errors(
     params = code_grant(code, code_verifier=VERIFIER)
     if breakage == "wrong-secret":
         params["client_secret"] = "not-the-secret"
+    elif breakage == "one-letter-secret":
+        params["client_secret"] = "e"
     elif breakage == "reused-code":
         assert client.post("/proxy/token", data=params).status_code == 200
     elif breakage == "redirect-mismatch":

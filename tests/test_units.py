@@ -14,9 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
-from tiktok_proxy.config import ConfigError, Settings, load_settings
+from tiktok_proxy.config import (
+    MIN_SECRET_LENGTH,
+    OWN_PREFIXES,
+    VARIABLES,
+    ConfigError,
+    Settings,
+    configuration_warnings,
+    load_settings,
+)
 from tiktok_proxy.errors import OAuthError, json_bytes
-from tiktok_proxy.logs import formatter, log, log_event, logfmt
+from tiktok_proxy.logs import REAL_SECRET_LENGTH, formatter, log, log_event, logfmt, redact
 from tiktok_proxy.tiktok import form_body, normalize_token_reply, tiktok_log_id, upstream_reply
 from tiktok_proxy.upstream import Answer
 
@@ -80,6 +88,78 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        ("PROXY_SECRT", "PROXY_SECRT is not a setting; did you mean PROXY_SECRET?"),
+        ("TIKTOK_CLIENT_KYE", "TIKTOK_CLIENT_KYE is not a setting; did you mean TIKTOK_CLIENT_KEY?"),
+        ("OIDC_SIGNING_KEY", "OIDC_SIGNING_KEY is not a setting; did you mean OIDC_SIGNING_KEY_FILE?"),
+        ("TIKTOK_CLIENT_ID", "TIKTOK_CLIENT_ID is not a setting; did you mean TIKTOK_CLIENT_KEY?"),
+        ("tiktok_client_key", "tiktok_client_key is not a setting; did you mean TIKTOK_CLIENT_KEY?"),
+        ("AUTH0_MGMT_SECRET", "AUTH0_MGMT_SECRET is not a setting; did you mean AUTH0_MGMT_CLIENT_SECRET?"),
+        ("TIKTOK_FAVOURITE_COLOUR", "TIKTOK_FAVOURITE_COLOUR is not a setting; docs/configuration.md lists them"),
+    ],
+)
+def test_a_misspelt_setting_is_named_with_the_closest_one(name: str, warning: str) -> None:
+    settings = load_settings({name: "some value", "PROXY_SECRET": "", "LOG_LEVEL": "INFO"})
+    assert settings.warnings == (warning,)
+    assert "some value" not in warning
+
+
+def test_only_the_proxys_own_prefixes_are_checked() -> None:
+    environ = {name: "x" for name in VARIABLES} | {"LOG_DIR": "/var/log", "NO_COLOR": "1", "SSL_CERT_DIR": "/etc"}
+    environ |= {"HTTP_PROXY": "http://proxy:3128", "PROXYCHAINS_CONF_FILE": "x", "TIKTOKEN_CACHE_DIR": "/tmp"}
+    # Kubernetes' links to a service named tiktok-proxy, in every container of its namespace.
+    environ |= {"TIKTOK_PROXY_SERVICE_HOST": "10.0.0.7", "TIKTOK_PROXY_SERVICE_PORT": "3333"}
+    environ |= {"TIKTOK_PROXY_PORT": "tcp://10.0.0.7:3333", "TIKTOK_PROXY_PORT_3333_TCP_ADDR": "10.0.0.7"}
+    assert [warning for warning in configuration_warnings(environ) if "not a setting" in warning] == []
+    # Without its _SERVICE_HOST, TIKTOK_PROXY_PORT is no service link: a misspelling like any other.
+    del environ["TIKTOK_PROXY_SERVICE_HOST"]
+    assert "TIKTOK_PROXY_PORT is not a setting; docs/configuration.md lists them" in configuration_warnings(environ)
+
+
+def test_each_family_of_variables_has_its_prefix_checked_or_is_shared() -> None:
+    # A new family (NGROK_ for ngrok's variables, say) must be added to OWN_PREFIXES, or here if other
+    # software uses that prefix too.
+    shared = {"ALLOW_", "ALLOWED_", "HTTPS_", "KEEP_", "LOG_", "MAX_", "METRICS_", "NO_", "PUBLIC_", "REQUEST_",
+              "SSL_", "WEB_"}  # fmt: skip
+    families = {name.split("_")[0] + "_" for name in VARIABLES if "_" in name}
+    assert families - set(OWN_PREFIXES) == shared
+
+
+SHORT = "{} is shorter than 16 characters, too short to be real: copy it again, whole"
+SHAPE = "{} holds a space or a character that is not printable ASCII, which no real one does: copy it again"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "warning"),
+    [
+        ("TIKTOK_CLIENT_SECRET", "short-secret", SHORT),
+        ("TIKTOK_CLIENT_SECRET", "a client secret with spaces", SHAPE),
+        ("TIKTOK_CLIENT_SECRET", "a-secret-pasted-with\ta-tab", SHAPE),
+        ("TIKTOK_CLIENT_KEY", "aw1 yourclientkey", SHAPE),
+        ("AUTH0_MGMT_TOKEN", "t", SHORT),
+        ("AUTH0_MGMT_TOKEN", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", SHAPE),
+        ("AUTH0_MGMT_CLIENT_SECRET", "sécret-with-an-accent-0123456789", SHAPE),
+        ("AUTH0_MGMT_CLIENT_SECRET", "wrong", SHORT),
+    ],
+)
+def test_a_secret_that_cannot_be_real_is_warned_about_never_shown(name: str, value: str, warning: str) -> None:
+    pair = {"TIKTOK_CLIENT_KEY": "aw1yourclientkey", "TIKTOK_CLIENT_SECRET": "your-client-secret-0123456789"}
+    assert list(configuration_warnings({**pair, name: value})) == [warning.format(name)]  # the name, not the value
+
+
+def test_real_looking_credentials_raise_no_warning() -> None:
+    environ = {
+        "TIKTOK_CLIENT_KEY": "aw1yourclientkey",
+        "TIKTOK_CLIENT_SECRET": "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6",  # 32 letters and digits, as TikTok's
+        "AUTH0_MGMT_CLIENT_SECRET": "x" * 64,
+        "AUTH0_MGMT_TOKEN": "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl",
+    }
+    assert list(configuration_warnings(environ)) == []
+
+
+# ---------------------------------------------------------------------------------- normalization
 # ---------------------------------------------------------------------------------- normalization
 
 
@@ -224,6 +304,26 @@ def test_json_log_lines_cannot_be_forged_and_keep_the_fields() -> None:
     assert json.loads(JSONFormatter().format(plain))["message"] == "Started server"
 
 
+def test_redaction_replaces_whole_values_of_a_short_secret_never_letters_in_words() -> None:
+    message = "PUBLIC_URL is not set (environment, .env or flag): t"
+    assert redact(message, ["t"]) == "PUBLIC_URL is not set (environment, .env or flag): [redacted]"
+    assert redact("token=t&x=y, secret 't'", ["t"]) == "token=[redacted]&x=y, secret '[redacted]'"
+    assert redact("the secret is abc", ["abc"]) == "the secret is [redacted]"
+    assert redact("abcdef and xabc", ["abc"]) == "abcdef and xabc"  # inside words: a coincidence
+
+
+def test_redaction_removes_a_real_secret_wherever_it_is() -> None:
+    secret = "s3cr3t-Client-Secret-value"
+    assert len(secret) >= REAL_SECRET_LENGTH == MIN_SECRET_LENGTH  # the two modules agree on what is real
+    text = f"bad secret {secret}; glued:x{secret}y; twice {secret}{secret}"
+    assert redact(text, [secret]) == "bad secret [redacted]; glued:x[redacted]y; twice [redacted][redacted]"
+    # One secret inside another: the longer goes first, whole, so no part of it is left.
+    longer = secret + "-and-more-of-it"
+    assert redact(f"a {longer} b {secret}", [secret, longer]) == "a [redacted] b [redacted]"
+    assert redact("nothing here", ["", secret]) == "nothing here"
+
+
+# ------------------------------------------------------------------------------------ the direct log line
 # ------------------------------------------------------------------------------------ the direct log line
 
 

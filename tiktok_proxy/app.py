@@ -58,9 +58,11 @@ async def relay(
     headers = Headers(scope=scope)
     started = time.perf_counter()
     fields: dict[str, Any] = {"grant": None, "client_key": None, "upstream_status": None, "log_id": None}
+    relayed_grant = None  # the metric's grant: only once the form for TikTok is built, so "none" means not relayed
     try:
         check_gate_before_body(settings, headers)  # a caller without the header costs no body read, when it decides
         params = parse_params(headers.get("content-type", ""), await read_body(headers, receive))
+        fields["grant"] = tiktok.grant_asked(params)  # the log's grant: what was asked, refused or not
         if log.isEnabledFor(logging.DEBUG):
             # Known names only: an unknown "name" can hold anything, e.g. a whole JSON body sent as a form.
             known = sorted(name for name in params if name in KNOWN_PARAMS)
@@ -70,7 +72,7 @@ async def relay(
         fields["client_key"] = client_key
         check_client(settings, headers, client_key, client_secret)
         form = to.build_form(params, client_key, client_secret)
-        fields["grant"] = form.get("grant_type")
+        relayed_grant = form.get("grant_type")
         reply = await tiktok.post_form(upstream, to.url(settings), form, settings.timeout)
         fields["upstream_status"], fields["log_id"] = reply.status, reply.log_id
         answer = Answer(200, to.answer(reply, form), NO_STORE)
@@ -86,7 +88,7 @@ async def relay(
     gate_header = "sent" if GATE_HEADER in headers else "absent"
     log_outcome(answer.status, event=to.event, outcome=outcome, **fields, duration_ms=duration_ms,
                 after_status={"gate_header": gate_header})  # fmt: skip
-    metrics.exchange(to.event, fields["grant"], outcome, answer.status)
+    metrics.exchange(to.event, relayed_grant, outcome, answer.status)
     return answer
 
 
@@ -228,6 +230,8 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
                   gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
                   oidc=settings.public_url if settings.oidc_key else "off",
                   oidc_gate=gate_mode(settings, header=False) if settings.oidc_key else None)  # fmt: skip
+        for warning in settings.warnings:  # a misspelt name, a secret that cannot be real (config.py)
+            log.warning(warning)
         warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.

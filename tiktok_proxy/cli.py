@@ -1,5 +1,5 @@
 """The command line: with no command it serves; `setup-auth0`, `doctor` and `revoke-user` manage Auth0;
-`oidc-keygen` prints a signing key for the OpenID Connect facade.
+`oidc-keygen` makes a signing key for the OpenID Connect facade.
 
 It sits on top of everything: the serving side never imports it, and it loads the Auth0 tooling only for
 those commands.
@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     revoke.add_argument("user_id", help="the Auth0 user id, e.g. oauth2|tiktok|<open_id>")
     revoke.add_argument("--delete-user", action="store_true", help="then delete the Auth0 user, once the revoke worked")
     revoke.add_argument("--force", action="store_true", help="with --delete-user: delete even if the revoke failed")
-    keygen = commands.add_parser("oidc-keygen", help="print a new signing key for OIDC_SIGNING_KEY_FILE (PEM)")
+    keygen = commands.add_parser("oidc-keygen", help="make a new signing key for OIDC_SIGNING_KEY_FILE (PEM)")
     keygen.add_argument("--type", choices=("rsa", "ec"), default="rsa", help="rsa: RS256 (default); ec: ES256")
+    keygen.add_argument(
+        "--out", metavar="FILE", help="write it to FILE, readable by its owner only, never over an existing file"
+    )
     for command in (setup, doctor, revoke):
         command.add_argument("--domain", help="Auth0 domain (default: AUTH0_DOMAIN)")
         command.add_argument("--connection", help="connection name (default: AUTH0_CONNECTION_NAME, or tiktok)")
@@ -49,14 +52,36 @@ def main(argv: list[str] | None = None) -> None:
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
     if args.command == "oidc-keygen":
-        # To stdout only, for a redirect into a file: python proxy.py oidc-keygen > oidc-key.pem
-        from .oidc.jose import generate_pem  # here: it loads cryptography, which serving never needs
-
-        print(generate_pem(args.type), end="")
-        return
+        raise SystemExit(oidc_keygen(args.type, args.out))
     if args.command:
         raise SystemExit(run_command(args))
     serve(args.host, args.port)
+
+
+def oidc_keygen(key_type: str, out: str | None) -> int:
+    """A new signing key, to FILE or to stdout; the exit status."""
+    from .oidc.jose import generate_pem  # here: it loads cryptography, which serving never needs
+
+    pem = generate_pem(key_type)
+    if out is None:
+        print(pem, end="")
+        return 0
+    try:
+        # Created with mode 0600, never chmod'ed after: at no moment can another user read the key. O_EXCL: an
+        # existing file (a key in use, or a link planted in its place) is never written through.
+        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(
+            f"tiktok-token-proxy: {out} exists; oidc-keygen never overwrites a key (choose another --out)",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"tiktok-token-proxy: cannot create {out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(descriptor, "w") as file:
+        file.write(pem)
+    return 0
 
 
 def serve(host: str | None, port: int | None) -> None:

@@ -5,11 +5,12 @@ A bad value raises ConfigError with one line that names the variable; `settings_
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
@@ -74,6 +75,8 @@ class Settings:
     oidc_subject: str = "open_id"  # or union_id: the same sub across the developer's TikTok apps
     # Opt-in: TikTok has no email, so the `email` scope gets <sub>@<this domain>, never verified. Empty: no email.
     oidc_email_domain: str = ""
+    # What looked wrong in the environment the settings were read from (configuration_warnings), for startup.
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 class ConfigError(Exception):
@@ -112,7 +115,7 @@ GOOD_VALUES = {
     "ALLOW_OPEN_RELAY": "true or false (false unless nothing but your Auth0 tenant can reach the proxy)",
     "TIKTOK_USERINFO_URL": "an https URL with its trailing slash, e.g. https://open.tiktokapis.com/v2/user/info/",
     "PUBLIC_URL": "the proxy's public https address, e.g. https://tiktok-oidc.example.com",
-    "OIDC_SIGNING_KEY_FILE": "the path of a PEM private key from: python proxy.py oidc-keygen",
+    "OIDC_SIGNING_KEY_FILE": "the path of a PEM private key from: python proxy.py oidc-keygen --out oidc-key.pem",
     "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
@@ -120,13 +123,74 @@ GOOD_VALUES = {
 }
 
 
-def load_dotenv_from_working_directory() -> None:
-    """Add `.env` in the working directory to os.environ; variables already set win over the file.
+# Every variable the proxy and its commands read: the one list of them. A new variable goes here (and into
+# .env.example and docs/configuration.md, which tests/test_docs.py checks against this list).
+VARIABLES = frozenset(
+    {
+        # the proxy
+        "HOST", "PORT", "TIKTOK_TOKEN_URL", "TIKTOK_AUTHORIZE_URL", "TIKTOK_REVOKE_URL", "TIKTOK_TIMEOUT",
+        "ALLOWED_CLIENT_KEYS", "TIKTOK_CLIENT_KEY", "TIKTOK_CLIENT_SECRET", "TIKTOK_SCOPES", "ALLOW_OPEN_RELAY",
+        "LOG_LEVEL", "LOG_FORMAT", "REQUEST_TIMEOUT", "KEEP_ALIVE_TIMEOUT", "MAX_CONNECTIONS", "PROXY_SECRET",
+        "METRICS_TOKEN", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "WEB_CONCURRENCY",
+        # the OpenID Connect facade
+        "PUBLIC_URL", "OIDC_SIGNING_KEY_FILE", "OIDC_PREVIOUS_KEY_FILES", "OIDC_REDIRECT_URIS", "OIDC_SUBJECT",
+        "OIDC_EMAIL_DOMAIN", "TIKTOK_USERINFO_URL",
+        # the Auth0 commands (setup-auth0, doctor, revoke-user), besides TIKTOK_CLIENT_KEY, PUBLIC_URL...
+        "AUTH0_DOMAIN", "AUTH0_MGMT_CLIENT_ID", "AUTH0_MGMT_CLIENT_SECRET", "AUTH0_MGMT_TOKEN",
+        "AUTH0_CONNECTION_NAME", "AUTH0_APP_CLIENT_IDS", "TIKTOK_REDIRECT_URI",
+    }
+)  # fmt: skip
+# The prefixes no other software's variables use: a variable that starts with one but is not in VARIABLES is a
+# misspelling. A new family of variables adds its prefix here (LOG_, NO_, SSL_... are shared, so not listed).
+OWN_PREFIXES = ("TIKTOK_", "OIDC_", "PROXY_", "AUTH0_")
+# The shortest a secret can be to be real: the proxy's own are refused shorter (secret_value); Auth0's and TikTok's
+# are longer (logs.redact relies on it).
+MIN_SECRET_LENGTH = 16
+# Secrets the proxy or its commands pass on as they are, so it cannot refuse them: what certainly cannot be real is
+# warned about. (PROXY_SECRET and METRICS_TOKEN are the proxy's own, and refused in that case: secret_value.)
+PASSED_ON_SECRETS = ("TIKTOK_CLIENT_SECRET", "AUTH0_MGMT_CLIENT_SECRET", "AUTH0_MGMT_TOKEN")
+
+
+def configuration_warnings(environ: Mapping[str, str]) -> Iterator[str]:
+    """What is certainly wrong in these variables without being a bad value: a misspelt name, and a client key or
+    secret that cannot be real. Never a value: these lines go to logs."""
+    links = kubernetes_service_links(environ)
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(OWN_PREFIXES) and name not in VARIABLES and not upper.startswith(links):
+            closest = difflib.get_close_matches(upper, sorted(VARIABLES), n=1, cutoff=0.8)
+            hint = f"did you mean {closest[0]}?" if closest else "docs/configuration.md lists them"
+            yield f"{name} is not a setting; {hint}"
+    for name in ("TIKTOK_CLIENT_KEY", *PASSED_ON_SECRETS):
+        value = environ.get(name, "").strip()
+        if value and not (value.isascii() and value.isprintable() and " " not in value):
+            yield f"{name} holds a space or a character that is not printable ASCII, which no real one does: copy it again"
+        elif value and name in PASSED_ON_SECRETS and len(value) < MIN_SECRET_LENGTH:
+            yield f"{name} is shorter than {MIN_SECRET_LENGTH} characters, too short to be real: copy it again, whole"
+
+
+def kubernetes_service_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Kubernetes gives every container <SERVICE>_SERVICE_HOST, _SERVICE_PORT, _PORT, _PORT_3333_TCP... for each
+    service in its namespace: a service named tiktok-proxy makes TIKTOK_PROXY_PORT, which is no misspelling."""
+    services = [name.removesuffix("SERVICE_HOST") for name in environ if name.endswith("_SERVICE_HOST")]
+    return tuple(f"{service}{suffix}" for service in services for suffix in ("SERVICE_", "PORT"))
+
+
+def dotenv_file() -> str | None:
+    """The `.env` the proxy and its commands read, when there is one: the working directory's.
 
     Only that directory: a `.env` higher up (a home directory, a monorepo's root, another project's) must
     never configure the proxy or the commands without anyone noticing. find_dotenv() would walk up to it.
     """
-    load_dotenv(os.path.join(os.getcwd(), ".env"))
+    path = os.path.join(os.getcwd(), ".env")
+    return path if os.path.isfile(path) else None
+
+
+def load_dotenv_from_working_directory() -> None:
+    """Add `.env` in the working directory to os.environ; variables already set win over the file."""
+    path = dotenv_file()
+    if path:
+        load_dotenv(path)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,7 +233,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
     settings = oidc_settings(raw, settings)
     require_gate_off_loopback(settings)
-    return settings
+    return replace(settings, warnings=tuple(configuration_warnings(environ)))
 
 
 def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Settings:
@@ -374,9 +438,6 @@ def one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
-MIN_SECRET_LENGTH = 16
-
-
 def secret_value(name: str, value: str) -> str:
     """A shared secret: long enough not to be guessed, and printable (it travels in an HTTP header)."""
     if value and (len(value) < MIN_SECRET_LENGTH or not value.isascii() or not value.isprintable()):
@@ -429,5 +490,7 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as err:
+        for warning in configuration_warnings(os.environ):  # a misspelling may be the cause: say it first
+            print(f"tiktok-token-proxy: warning: {warning}", file=sys.stderr)
         print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

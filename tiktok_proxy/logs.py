@@ -125,10 +125,19 @@ def use_format_everywhere(log_format: str) -> None:
             handler.setFormatter(JSONFormatter())
 
 
+# config.MIN_SECRET_LENGTH: no real secret is shorter, and config.py warns about one that is.
+REAL_SECRET_LENGTH = 16
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
+    """`text` with each secret replaced by [redacted]. A real one (REAL_SECRET_LENGTH or more) wherever it appears:
+    it cannot be there by chance. A shorter one only where it stands as a whole value, never letters inside a
+    word: a one-letter secret must not garble the message. The longest first, so that none is left half done."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= REAL_SECRET_LENGTH:
             text = text.replace(secret, "[redacted]")
+        else:
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "[redacted]", text)
     return text
 
 

@@ -34,6 +34,13 @@ GRANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def grant_asked(params: Mapping[str, str]) -> str | None:
+    """The grant_type a request asked for, as its log line shows it: one of GRANTS as it is, "other" for anything
+    else (the caller chooses it, so it could be anything), None when it named none."""
+    grant = params.get("grant_type")
+    return grant if grant is None or grant in GRANTS else "other"
+
+
 def token_form(params: Mapping[str, str], client_key: str, client_secret: str) -> dict[str, str]:
     """The form TikTok's token endpoint wants for this grant (quirk Q1: client_key, never client_id)."""
     grant = params.get("grant_type")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..config import DEFAULT_AUTHORIZE_URL, ConfigError, Settings, is_loopback, load_settings
+from ..config import (
+    DEFAULT_AUTHORIZE_URL,
+    ConfigError,
+    Settings,
+    configuration_warnings,
+    dotenv_file,
+    is_loopback,
+    load_dotenv_from_working_directory,
+    load_settings,
+)
 from ..inbound import ALLOW_LIST_REFUSAL, GATE_HEADER, GATE_REFUSAL, OWN_SECRET_REFUSAL, gate_mode
 from ..logs import redact
 from .management import AdminError, AdminSettings, management
@@ -25,14 +35,26 @@ class Finding:
 
 
 def doctor(settings: AdminSettings, out: Callable[[str], None], environ: Mapping[str, str] | None = None) -> bool:
-    """Print one line per check; True when nothing is a problem."""
+    """Print one line per check; True when nothing is a problem. `environ`: these variables in place of the
+    process environment and `.env`."""
+    if environ is None:
+        load_dotenv_from_working_directory()
+        dotenv = dotenv_file()
+        out(
+            f"settings: the environment, then {dotenv}"
+            if dotenv
+            else f"settings: the environment only (no .env in {os.getcwd()})"
+        )
+        environ = os.environ
+    # A misspelt name first: it may be why a setting below is missing.
+    findings = [Finding("warning", warning) for warning in configuration_warnings(environ)]
     proxy_settings: Settings | None
     try:
         proxy_settings = load_settings(environ)
-        findings = list(check_proxy_configuration(proxy_settings))
+        findings += check_proxy_configuration(proxy_settings)
     except ConfigError as err:
         proxy_settings = None
-        findings = [Finding("problem", f"the proxy's configuration does not load: {err}", err.fix)]
+        findings.append(Finding("problem", f"the proxy's configuration does not load: {err}", err.fix))
     findings += check_public_url(settings)
     findings += check_credentials(settings)
     findings += check_redirect_uri(settings)
@@ -74,10 +96,12 @@ def check_proxy_configuration(settings: Settings) -> Iterable[Finding]:
             "for other client keys in ALLOWED_CLIENT_KEYS, and none is",
         )
     if not settings.allowed_client_keys and not settings.tiktok_client_key:
+        # No TikTok app named at all: nothing below can be checked against one, and any client key is relayed.
         yield Finding(
-            "warning",
-            "ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key",
-            "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS, to your TikTok client key",
+            "problem",
+            "TIKTOK_CLIENT_KEY is not set (nor ALLOWED_CLIENT_KEYS): no TikTok app to check, and the proxy relays "
+            "for any client key",
+            "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET to your TikTok app's Client key and Client secret",
         )
 
 

@@ -42,9 +42,10 @@ async def _token(provider: Provider, request: Request) -> Response:
         params = parse_params(
             request.headers.get("content-type", ""), await read_body(request.headers, request.receive)
         )
+        fields["grant"] = tiktok.grant_asked(params)
         client_key, client_secret = authenticated_client(settings, request.headers, params)
         fields["client_key"] = client_key
-        grant = fields["grant"] = params.get("grant_type")
+        grant = params.get("grant_type")
         nonce: str | None = None
         granted: list[str] | None = None  # None: unknown, so the user info asks for every field
         auth_time: int | None = None  # unknown on a refresh: TikTok's refresh token says nothing of the sign-in
