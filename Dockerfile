@@ -30,8 +30,9 @@ RUN python3 -m venv /opt/venv \
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin tiktok-proxy
 
-# Only what the proxy needs: .dockerignore keeps everything else (.env, .git, tests, bench) out of the context.
-COPY proxy.py /app/
+# Only what the proxy needs, and its licence (Apache-2.0 asks that a copy go with the code): .dockerignore keeps
+# everything else (.env, .git, tests, bench) out of the context.
+COPY LICENSE proxy.py /app/
 COPY tiktok_proxy /app/tiktok_proxy
 
 # The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached; there

@@ -3,10 +3,12 @@ a short front page whose links land, and the site under docs/ builds strictly an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ from tiktok_proxy.config import Settings, load_settings
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATION_PAGE = REPO / "docs" / "configuration.md"
 README_MAX_LINES = 300
+# The Apache License 2.0 as the Apache Software Foundation publishes it (apache.org/licenses/LICENSE-2.0.txt, and
+# Debian's /usr/share/common-licenses/Apache-2.0), byte for byte.
+APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
 
 
 def variables_read_by_the_code() -> set[str]:
@@ -81,6 +86,16 @@ def test_ci_runs_the_readmes_test_command() -> None:
     assert ".venv/bin/python -m pytest" in test_script
     assert ".venv/bin/mkdocs build --strict" in test_script
     assert "# install what the tests need and run them" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_project_is_licensed_under_apache_2() -> None:
+    license_text = (REPO / "LICENSE").read_bytes()
+    assert hashlib.sha256(license_text).hexdigest() == APACHE_2_SHA256, "LICENSE must be the Apache-2.0 text, unchanged"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    for page in ("README.md", "docs/index.md"):
+        text = (REPO / page).read_text()
+        assert "Apache License 2.0" in text and "`LICENSE`" in text, f"{page} does not say the licence"
 
 
 def test_the_readme_stays_a_front_page() -> None:
