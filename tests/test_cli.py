@@ -183,7 +183,7 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "event=revoke outcome=ok" in log
     assert "event=token outcome=ok grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
     assert "INFO tiktok_proxy event=start token_url=http://127.0.0.1:" in log
-    assert "WARNING tiktok_proxy neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS" in log
+    assert "WARNING tiktok_proxy the proxy has no gate: anyone who reaches it can relay" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     # The capture really ran at DEBUG, and the DEBUG lines name parameters, never their values.
     assert (
@@ -300,8 +300,9 @@ def test_json_logs_are_one_object_per_line_with_the_same_fields(
 
 NO_GATE_LINE = (
     "tiktok-token-proxy: configuration error: HOST (or --host) is 0.0.0.0, reachable from other machines, and the "
-    "proxy has no gate: set PROXY_SECRET to a random value (make one with: openssl rand -hex 32), or "
-    "TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS (ALLOW_OPEN_RELAY=true starts it open anyway)"
+    "proxy has no gate: set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET to your TikTok app's client key and secret "
+    "(the proxy then checks the secret itself); for several TikTok apps behind one proxy, PROXY_SECRET (make one "
+    "with: openssl rand -hex 32) and ALLOWED_CLIENT_KEYS. ALLOW_OPEN_RELAY=true starts it open anyway"
 )
 
 

@@ -15,7 +15,7 @@ import pytest
 from dotenv import dotenv_values
 
 from tiktok_proxy.auth0.management import load_admin_settings
-from tiktok_proxy.config import Settings, load_settings
+from tiktok_proxy.config import ConfigError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATION_PAGE = REPO / "docs" / "configuration.md"
@@ -71,6 +71,30 @@ def test_env_example_loads_as_it_is() -> None:
     assert load_settings(values) == Settings()
     admin = load_admin_settings(environ=values)
     assert admin.connection_name == "tiktok" and admin.scopes == "user.info.basic"
+
+
+def test_one_tiktok_app_is_gated_by_its_key_and_secret_everywhere() -> None:
+    """The quick starts and the container examples start the proxy the recommended way; PROXY_SECRET is for
+    several apps behind one proxy (docs/gate-modes.md), never a step of the single-app setup."""
+    examples = []
+    for page in ("README.md", "docs/auth0.md"):
+        step = re.search(r"\*\*2\. Run the proxy\.\*\*\n```sh\n(.*?)```", (REPO / page).read_text(), re.DOTALL)
+        assert step, f"{page} has no step 2"
+        examples.append((page, step.group(1)))
+    for page in ("Dockerfile", "docs/operations/deploy.md"):
+        runs = re.findall(r"docker run -p .*", (REPO / page).read_text())
+        assert runs, f"{page} shows no docker run"
+        examples += [(page, run) for run in runs]
+    for page, example in examples:
+        assert "TIKTOK_CLIENT_KEY" in example and "TIKTOK_CLIENT_SECRET" in example, f"{page}: {example}"
+        assert "PROXY_SECRET" not in example and "ALLOWED_CLIENT_KEYS" not in example, f"{page}: {example}"
+
+
+def test_the_docs_quote_the_refusal_without_a_gate_as_the_proxy_prints_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"HOST": "0.0.0.0"})
+    line = f"tiktok-token-proxy: configuration error: {refused.value}"
+    assert line in (REPO / "docs" / "gate-modes.md").read_text()
 
 
 def test_ci_runs_the_readmes_test_command() -> None:
