@@ -4,6 +4,7 @@ a short front page whose links land, and the site under docs/ builds strictly an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -95,6 +96,20 @@ def test_the_docs_quote_the_refusal_without_a_gate_as_the_proxy_prints_it() -> N
         load_settings({"HOST": "0.0.0.0"})
     line = f"tiktok-token-proxy: configuration error: {refused.value}"
     assert line in (REPO / "docs" / "gate-modes.md").read_text()
+
+
+def test_every_node_version_named_is_the_one_the_js_tests_require() -> None:
+    engines = json.loads((REPO / "tests" / "js" / "package.json").read_text())["engines"]["node"]
+    required = re.fullmatch(r">=(\d+)", engines)
+    assert required, f"tests/js/package.json's engines.node is {engines!r}, not >=N"
+    named = []
+    pages = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "scripts").iterdir(), REPO / ".ci/run"]
+    for path in pages:
+        for version in re.findall(r"\bNode(?:\.js)? (\d+)\b", path.read_text()):
+            named.append((str(path.relative_to(REPO)), version))
+    assert {"README.md", "docs/index.md", "docs/oidc.md"} <= {page for page, _ in named}  # guards the pattern
+    for page, version in named:
+        assert version == required[1], f"{page} names Node.js {version}; tests/js/package.json requires {engines}"
 
 
 def test_ci_runs_the_readmes_test_command() -> None:
