@@ -112,6 +112,37 @@ def test_every_node_version_named_is_the_one_the_js_tests_require() -> None:
         assert version == required[1], f"{page} names Node.js {version}; tests/js/package.json requires {engines}"
 
 
+def repository_text_files() -> dict[Path, str]:
+    """Every text file of the repository; not what tools make beside it (.git, .venv, caches, installed packages,
+    the built site), nor a .env."""
+    files = {}
+    for path in REPO.rglob("*"):
+        *folders, name = path.relative_to(REPO).parts
+        made_by_tools = folders[:1] == ["site"] or any(
+            folder in ("node_modules", "__pycache__") or (folder.startswith(".") and folder != ".ci")
+            for folder in folders
+        )
+        if made_by_tools or name == ".env" or not path.is_file() or path.suffix == ".png":
+            continue
+        files[path] = path.read_text(errors="replace")
+    return files
+
+
+def test_nothing_cites_a_file_outside_the_repository() -> None:
+    """Code, tests and docs cite only what a reader of the repository can open: every Markdown file they name is
+    one of the repository's, and no relative path climbs out of it."""
+    files = repository_text_files()
+    assert REPO / "tiktok_proxy" / "tiktok.py" in files and REPO / ".ci" / "run" in files  # guards the walk
+    markdown = {path.name for path in files if path.suffix == ".md"}
+    for path, text in files.items():
+        where = path.relative_to(REPO)
+        for name in re.findall(r"[\w.-]+\.md\b", text):
+            assert name in markdown, f"{where} cites {name}, which is not in the repository"
+        for climb in re.findall(r"(?<![\w.])(?:\.\./)+[\w./-]*", text):
+            target = (path.parent / climb).resolve()
+            assert target.is_relative_to(REPO) and target.exists(), f"{where} cites {climb}, outside the repository"
+
+
 def test_ci_runs_the_readmes_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     commands = re.search(
@@ -177,7 +208,7 @@ def test_the_readmes_links_land(site: Path) -> None:
     for target, anchor in links:
         assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
         if anchor:
-            # mkdocs renders docs/x/y.md as x/y/index.html, and docs/index.md as index.html.
+            # mkdocs renders docs/operations/deploy.md as operations/deploy/index.html, and docs/index.md as index.html.
             page = site / Path(target).relative_to("docs").with_suffix("") / "index.html"
             page = site / "index.html" if target == "docs/index.md" else page
             assert f'id="{anchor}"' in page.read_text(), f"README.md: {target} has no heading #{anchor}"
