@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import proxy
 from tiktok_proxy.logs import logfmt
 
 from conftest import ServerThread, free_port, wait_until_healthy
@@ -25,6 +26,21 @@ REPO = Path(__file__).resolve().parent.parent
 def clean_env(**variables: str) -> dict[str, str]:
     """Only what the test sets: no stray TIKTOK_* or .env from the developer's shell."""
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONUNBUFFERED": "1", **variables}
+
+
+def test_help_and_the_entry_points_docstring_name_both_ways_to_use_the_proxy(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "proxy.py"), "--help"],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    for text in (" ".join(shown.stdout.split()), " ".join((proxy.__doc__ or "").split())):
+        assert "Auth0's custom social connections" in text
+        assert "the OpenID Connect facade" in text and "when OIDC_SIGNING_KEY_FILE is set" in text
+        assert all(command in text for command in ("setup-auth0", "doctor", "revoke-user", "oidc-keygen"))
 
 
 @pytest.mark.parametrize(
