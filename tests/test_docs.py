@@ -3,14 +3,19 @@ a short front page whose links land, and the site under docs/ builds strictly an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import tomllib
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dotenv import dotenv_values
@@ -83,7 +88,7 @@ def test_one_tiktok_app_is_gated_by_its_key_and_secret_everywhere() -> None:
         assert step, f"{page} has no step 2"
         examples.append((page, step.group(1)))
     for page in ("Dockerfile", "docs/operations/deploy.md"):
-        runs = re.findall(r"docker run -p .*", (REPO / page).read_text())
+        runs = re.findall(r"docker run -p (?:.*\\\n)*.*", (REPO / page).read_text())  # with its continued lines
         assert runs, f"{page} shows no docker run"
         examples += [(page, run) for run in runs]
     for page, example in examples:
@@ -114,13 +119,17 @@ def test_every_node_version_named_is_the_one_the_js_tests_require() -> None:
 
 def repository_text_files() -> dict[Path, str]:
     """Every text file of the repository; not what tools make beside it (.git, .venv, caches, installed packages,
-    the built site), nor a .env."""
+    the built site), nor a .env, nor the code vendored into the site (docs/assets/vendor/)."""
     files = {}
     for path in REPO.rglob("*"):
         *folders, name = path.relative_to(REPO).parts
-        made_by_tools = folders[:1] == ["site"] or any(
-            folder in ("node_modules", "__pycache__") or (folder.startswith(".") and folder != ".ci")
-            for folder in folders
+        made_by_tools = (
+            folders[:1] == ["site"]
+            or folders[:3] == ["docs", "assets", "vendor"]
+            or any(
+                folder in ("node_modules", "__pycache__") or (folder.startswith(".") and folder != ".ci")
+                for folder in folders
+            )
         )
         if made_by_tools or name == ".env" or not path.is_file() or path.suffix == ".png":
             continue
@@ -212,3 +221,87 @@ def test_the_readmes_links_land(site: Path) -> None:
             page = site / Path(target).relative_to("docs").with_suffix("") / "index.html"
             page = site / "index.html" if target == "docs/index.md" else page
             assert f'id="{anchor}"' in page.read_text(), f"README.md: {target} has no heading #{anchor}"
+
+
+# ------------------------------------------------------------------------------ the site in a browser
+
+MERMAID = REPO / "docs" / "assets" / "vendor" / "mermaid-11.17.2" / "mermaid.min.js"
+# npm pack mermaid@11.17.2, package/dist/mermaid.min.js (mkdocs.yml says how to refresh it).
+MERMAID_SHA256 = "581ed7d74bd9048d0e3a91363927d72ef22942d7722546b27f7cc29e35390eb8"
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_site(site: Path) -> Iterator[str]:
+    """The built site over http on loopback, as `mkdocs serve` would show it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+# Material draws each diagram into a closed shadow root; opened, the test can read what was drawn.
+OPEN_SHADOW_ROOTS = """
+const attach = Element.prototype.attachShadow;
+Element.prototype.attachShadow = function (options) { return attach.call(this, {...options, mode: "open"}); };
+"""
+
+
+def open_page(browser: Any, url: str, width: int = 1280) -> tuple[Any, list[str]]:
+    """The page, and every URL it asked for."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    page.add_init_script(OPEN_SHADOW_ROOTS)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url, wait_until="networkidle")
+    return page, requested
+
+
+def test_the_vendored_mermaid_is_the_pinned_one() -> None:
+    assert hashlib.sha256(MERMAID.read_bytes()).hexdigest() == MERMAID_SHA256
+    assert "assets/vendor/mermaid-11.17.2/mermaid.min.js" in (REPO / "mkdocs.yml").read_text()
+    assert "MIT" in (MERMAID.parent / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize(
+    ("page", "actors"),
+    [("auth0/", ["Browser", "Auth0", "This proxy", "TikTok"]), ("oidc/", ["Relying party", "The proxy", "TikTok"])],
+)
+def test_the_sign_in_diagrams_render_offline(browser: Any, served_site: str, page: str, actors: list[str]) -> None:
+    # Material would fetch mermaid from unpkg.com if the site did not carry it; chromium here reaches nothing else.
+    tab, requested = open_page(browser, served_site + page)
+    diagram = tab.locator(".mermaid svg").first
+    diagram.wait_for(state="visible", timeout=15_000)
+    text = diagram.text_content() or ""
+    for actor in actors:
+        assert actor in text
+    assert "Syntax error" not in text and tab.locator("pre.mermaid").count() == 0  # every diagram drawn
+    assert all(url.startswith(served_site) for url in requested), [
+        u for u in requested if not u.startswith(served_site)
+    ]
+    tab.context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_names_in_tables_never_break_mid_word(browser: Any, served_site: str, width: int) -> None:
+    tab, _ = open_page(browser, served_site + "configuration/", width)
+    # Each name in a table is on one line (a code element that wraps has more than one box).
+    names = tab.eval_on_selector_all(
+        "table code",
+        "codes => codes.filter(c => !/[\\s-]/.test(c.innerText)).map(c => [c.innerText, c.getClientRects().length])",
+    )
+    assert any(name == "TIKTOK_AUTHORIZE_URL" for name, _ in names)  # guards the selector
+    assert [name for name, boxes in names if boxes > 1] == []
+    tab.context.close()
+
+
+def test_a_long_comment_in_a_code_block_wraps_instead_of_scrolling(browser: Any, served_site: str) -> None:
+    tab, _ = open_page(browser, served_site + "auth0/", 800)
+    block = tab.locator("pre > code", has_text="# deletion-queue.txt: one Auth0 user id a line")
+    assert block.evaluate("code => code.scrollWidth <= code.clientWidth")
+    tab.context.close()
