@@ -85,7 +85,7 @@ class TikTokStandIn:
     token_scopes: dict[str, str] = field(default_factory=dict)  # access token -> granted scopes (user info)
     redirect_uris: set[str] = field(default_factory=lambda: {REDIRECT_URI})  # registered in the portal
     consents: dict[str, dict[str, str]] = field(default_factory=dict)  # consent pages shown, not yet answered
-    expired: set[str] = field(default_factory=set)  # access tokens past their 24 hours
+    expired: set[str] = field(default_factory=set)  # access tokens past their expires_in
     revoked: list[str] = field(default_factory=list)
     revoke_body: bytes = b""  # TikTok documents an empty answer; `{}` is the other reading
     seen: list[Seen] = field(default_factory=list)
