@@ -1,8 +1,11 @@
 # The TikTok token proxy as a container image.
 #
 #   docker build -t tiktok-proxy .
-#   docker run -p 3333:3333 -e ALLOWED_CLIENT_KEYS=<your client key> -e PROXY_SECRET=<secret> tiktok-proxy
+#   docker run -p 3333:3333 -e TIKTOK_CLIENT_KEY=<your client key> -e TIKTOK_CLIENT_SECRET tiktok-proxy
 #   docker run --rm --env-file .env tiktok-proxy doctor        (the commands work too)
+#
+# The gate: your TikTok app's key and secret (-e TIKTOK_CLIENT_SECRET with no value takes it from your shell); for
+# several TikTok apps behind one proxy, PROXY_SECRET and ALLOWED_CLIENT_KEYS (docs/gate-modes.md).
 #
 # BASE is any Debian-like image with python3 (3.11 or newer) and its venv module on PATH. scripts/container-test
 # builds with one made from Debian's packages (no registry there); everyone else gets python:3.11-slim: of
@@ -30,13 +33,13 @@ RUN python3 -m venv /opt/venv \
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin tiktok-proxy
 
-# Only what the proxy needs: .dockerignore keeps everything else (.env, .git, tests, bench) out of the context.
-COPY proxy.py /app/
+# Only what the proxy needs, and its licence (Apache-2.0 asks that a copy go with the code): .dockerignore keeps
+# everything else (.env, .git, tests, bench) out of the context.
+COPY LICENSE proxy.py /app/
 COPY tiktok_proxy /app/tiktok_proxy
 
 # The venv's python3 comes first. HOST: listen on every interface, which a container needs to be reached; there
-# the proxy refuses to start without a gate (PROXY_SECRET, TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or
-# ALLOWED_CLIENT_KEYS), with one line and exit code 2.
+# the proxy refuses to start without a gate (above), with one line and exit code 2.
 ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=3333

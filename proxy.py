@@ -1,7 +1,9 @@
-"""TikTok token proxy for Auth0: the entry point.
+"""TikTok token proxy for Auth0, and an OpenID Connect facade in front of TikTok: the entry point.
 
-    python proxy.py                  serve (HOST, PORT, WEB_CONCURRENCY from the environment or .env)
-    python proxy.py <command>        setup-auth0, doctor, revoke-user (see --help)
+    python proxy.py                  serve (HOST, PORT, WEB_CONCURRENCY from the environment or .env): the token
+                                     proxy for Auth0's custom social connections, and, when OIDC_SIGNING_KEY_FILE
+                                     is set, the OpenID Connect facade for every other platform (docs/oidc.md)
+    python proxy.py <command>        setup-auth0, doctor, revoke-user, oidc-keygen (see --help)
     uvicorn proxy:app                the same app under uvicorn's own command line
 
 The code lives in the `tiktok_proxy` package; docs/architecture.md maps it.

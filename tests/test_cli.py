@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import proxy
 from tiktok_proxy.config import load_settings
 from tiktok_proxy.logs import logfmt
 
@@ -26,6 +27,21 @@ REPO = Path(__file__).resolve().parent.parent
 def clean_env(**variables: str) -> dict[str, str]:
     """Only what the test sets: no stray TIKTOK_* or .env from the developer's shell."""
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONUNBUFFERED": "1", **variables}
+
+
+def test_help_and_the_entry_points_docstring_name_both_ways_to_use_the_proxy(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "proxy.py"), "--help"],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    for text in (" ".join(shown.stdout.split()), " ".join((proxy.__doc__ or "").split())):
+        assert "Auth0's custom social connections" in text
+        assert "the OpenID Connect facade" in text and "when OIDC_SIGNING_KEY_FILE is set" in text
+        assert all(command in text for command in ("setup-auth0", "doctor", "revoke-user", "oidc-keygen"))
 
 
 @pytest.mark.parametrize(
@@ -184,7 +200,7 @@ def test_no_secret_code_verifier_or_token_reaches_the_log(running_proxy: Running
     assert "event=revoke outcome=ok" in log
     assert "event=token outcome=ok grant=authorization_code client_key=aw1testclientkey upstream_status=200" in log
     assert "INFO tiktok_proxy event=start token_url=http://127.0.0.1:" in log
-    assert "WARNING tiktok_proxy neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS" in log
+    assert "WARNING tiktok_proxy the proxy has no gate: anyone who reaches it can relay" in log
     assert "outcome=invalid_grant" in log and "outcome=server_error" in log
     # The capture really ran at DEBUG, and the DEBUG lines name parameters, never their values.
     assert (
@@ -301,8 +317,9 @@ def test_json_logs_are_one_object_per_line_with_the_same_fields(
 
 NO_GATE_LINE = (
     "tiktok-token-proxy: configuration error: HOST (or --host) is 0.0.0.0, reachable from other machines, and the "
-    "proxy has no gate: set PROXY_SECRET to a random value (make one with: openssl rand -hex 32), or "
-    "TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS (ALLOW_OPEN_RELAY=true starts it open anyway)"
+    "proxy has no gate: set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET to your TikTok app's client key and secret "
+    "(the proxy then checks the secret itself); for several TikTok apps behind one proxy, PROXY_SECRET (make one "
+    "with: openssl rand -hex 32) and ALLOWED_CLIENT_KEYS. ALLOW_OPEN_RELAY=true starts it open anyway"
 )
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import metrics, tiktok
-from .config import Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
+from .config import GATE_ADVICE, Settings, egress_proxy_origin, has_gate, is_loopback, settings_or_exit
 from .errors import NO_STORE, OAuthError, json_bytes, missing
 from .inbound import (
     CUT_BY_DEADLINE,
@@ -197,15 +197,18 @@ def warn_about_the_gate(settings: Settings) -> None:
         if settings.allow_open_relay and not is_loopback(settings.host):
             log.warning(
                 f"OPEN RELAY: ALLOW_OPEN_RELAY=true and no gate, on {settings.host}: anyone who reaches this proxy "
-                "can relay token requests to TikTok through it (set PROXY_SECRET, see docs/gate-modes.md)"
+                f"can relay token requests to TikTok through it; {GATE_ADVICE} (docs/gate-modes.md)"
             )
         else:
             log.warning(
-                "neither PROXY_SECRET nor ALLOWED_CLIENT_KEYS (nor TIKTOK_CLIENT_KEY with TIKTOK_CLIENT_SECRET) is "
-                "set: anyone can relay token requests through this proxy (set PROXY_SECRET, see docs/gate-modes.md)"
+                "the proxy has no gate: anyone who reaches it can relay token requests to TikTok through it; "
+                f"{GATE_ADVICE} (docs/gate-modes.md)"
             )
     elif not settings.allowed_client_keys and not settings.tiktok_client_key:
-        log.warning("ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key (set it in production)")
+        log.warning(
+            "PROXY_SECRET is set but ALLOWED_CLIENT_KEYS is empty: the proxy relays for any client key that sends "
+            "X-Proxy-Secret; list your TikTok apps' client keys in ALLOWED_CLIENT_KEYS"
+        )
 
 
 def create_app(settings: Settings | None = None) -> RelayedRoutes:

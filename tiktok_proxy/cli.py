@@ -20,7 +20,10 @@ from .logs import logging_config, redact
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="TikTok token proxy for Auth0 custom social connections. With no command, it serves."
+        description="TikTok Login Kit for identity platforms. With no command it serves: the token proxy for Auth0's "
+        "custom social connections and, when OIDC_SIGNING_KEY_FILE is set, the OpenID Connect facade, an OIDC "
+        "provider in front of TikTok for Cognito, Entra, Keycloak, authentik and every other OIDC platform. "
+        "Settings come from the environment or .env (docs/configuration.md)."
     )
     parser.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT, or 3333)")

@@ -110,8 +110,8 @@ GOOD_VALUES = {
     "HTTPS_PROXY": "your egress proxy, e.g. http://user:password@proxy.internal:3128",
     "SSL_CERT_FILE": "the path of a PEM CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt",
     "ALLOWED_CLIENT_KEYS": "comma-separated TikTok client keys, e.g. aw1yourclientkey",
-    "TIKTOK_CLIENT_KEY": "your TikTok app's Client key, with TIKTOK_CLIENT_SECRET (or neither)",
-    "TIKTOK_CLIENT_SECRET": "your TikTok app's Client secret, with TIKTOK_CLIENT_KEY (or neither)",
+    "TIKTOK_CLIENT_KEY": "your TikTok app's Client key, and TIKTOK_CLIENT_SECRET to its Client secret",
+    "TIKTOK_CLIENT_SECRET": "your TikTok app's Client secret, and TIKTOK_CLIENT_KEY to its Client key",
     "ALLOW_OPEN_RELAY": "true or false (false unless nothing but your Auth0 tenant can reach the proxy)",
     "TIKTOK_USERINFO_URL": "an https URL with its trailing slash, e.g. https://open.tiktokapis.com/v2/user/info/",
     "PUBLIC_URL": "the proxy's public https address, e.g. https://tiktok-oidc.example.com",
@@ -391,6 +391,15 @@ def own_client(key: str | None, secret: str | None) -> tuple[str, str]:
     return key or "", secret or ""
 
 
+# The gate to set, said the same way by the refusal below, the startup warnings and the docs (docs/gate-modes.md):
+# one TikTok app's own key and secret; for several apps, the header secret and the allow-list.
+GATE_ADVICE = (
+    "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET to your TikTok app's client key and secret (the proxy then checks "
+    "the secret itself); for several TikTok apps behind one proxy, PROXY_SECRET (make one with: openssl rand -hex 32) "
+    "and ALLOWED_CLIENT_KEYS"
+)
+
+
 def has_gate(settings: Settings) -> bool:
     """Something keeps strangers from relaying through the proxy: the header, its own secret, or an allow-list."""
     return bool(settings.proxy_secrets or settings.tiktok_client_secret or settings.allowed_client_keys)
@@ -401,10 +410,9 @@ def require_gate_off_loopback(settings: Settings) -> None:
     if is_loopback(settings.host) or has_gate(settings) or settings.allow_open_relay:
         return
     raise ConfigError(
-        "PROXY_SECRET",
-        f"HOST (or --host) is {settings.host}, reachable from other machines, and the proxy has no gate: set "
-        "PROXY_SECRET to a random value (make one with: openssl rand -hex 32), or TIKTOK_CLIENT_KEY and "
-        "TIKTOK_CLIENT_SECRET, or ALLOWED_CLIENT_KEYS (ALLOW_OPEN_RELAY=true starts it open anyway)",
+        "TIKTOK_CLIENT_KEY",
+        f"HOST (or --host) is {settings.host}, reachable from other machines, and the proxy has no gate: "
+        f"{GATE_ADVICE}. ALLOW_OPEN_RELAY=true starts it open anyway",
     )
 
 

@@ -1,6 +1,6 @@
 """Everything TikTok: the forms its endpoints want, the call, and how its answers become standard OAuth2.
 
-Each quirk is handled here, once, with its number from ../shared/reference/tiktok-oauth.md:
+Each quirk is handled here, once, with its number from docs/tiktok-quirks.md, which explains them:
 Q1 client_key (forms, authorize query), Q2 comma scopes (authorize query, token answer), Q3 one form
 Content-Type (UPSTREAM_HEADERS), Q4 errors with HTTP 200 (normalize_token_reply), Q5 trailing slash
 (config.upstream_url, _unusable), Q8 rotating refresh tokens (token_answer), Q9 flat errors and the
@@ -178,8 +178,8 @@ def upstream_reply(url: str, answer: Answer) -> UpstreamReply:
 
 # ------------------------------------------------------------------------------------- user info
 
-# The fields the OpenID Connect facade reads, by the TikTok scope that unlocks them (tiktok-oauth.md §4). Asking
-# for a field whose scope was not granted fails the whole call with scope_permission_missed.
+# The fields the OpenID Connect facade reads, by the TikTok scope that unlocks them (docs/tiktok-quirks.md, "User
+# info"). Asking for a field whose scope was not granted fails the whole call with scope_permission_missed.
 USER_FIELDS = {
     "user.info.basic": ("open_id", "union_id", "avatar_url", "display_name"),
     "user.info.profile": ("username", "profile_deep_link"),

@@ -1,7 +1,8 @@
 """A local stand-in for Auth0's login through a custom social connection (strategy oauth2).
 
 It reads the connection from the Management API stand-in (tests/stand_ins/auth0_management.py), as `setup-auth0` wrote
-it, at every step, and does what Auth0 does with it (see shared auth0-custom-connection.md):
+it, at every step, and does what Auth0 does with it (docs/auth0.md; Auth0's own guide:
+https://auth0.com/docs/authenticate/identity-providers/social-identity-providers/tiktok):
 
 - GET /authorize?connection=…&client_id=<app>&redirect_uri=…&state=…: sends the browser to the
   connection's authorizationURL with response_type=code, client_id, scope (the string as configured),

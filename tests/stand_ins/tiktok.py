@@ -1,4 +1,4 @@
-"""A local stand-in for TikTok's v2 token endpoint, quirks included (see shared tiktok-oauth.md).
+"""A local stand-in for TikTok's v2 token endpoint, quirks included (docs/tiktok-quirks.md).
 It also has the authorize page (a consent page with Authorize and Cancel) and the user-info endpoint,
 for the browser journeys (tests/test_login_journey.py).
 
