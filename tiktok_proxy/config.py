@@ -114,6 +114,8 @@ GOOD_VALUES = {
     "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
+    "NGROK_AUTHTOKEN": "your ngrok authtoken, from https://dashboard.ngrok.com/get-started/your-authtoken",
+    "NGROK_DOMAIN": "your ngrok account's domain alone, e.g. example.ngrok-free.app (or nothing)",
 }
 
 
@@ -396,3 +398,40 @@ def settings_or_exit() -> Settings:
     except ConfigError as err:
         print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+NGROK_AUTHTOKEN_PAGE = "https://dashboard.ngrok.com/get-started/your-authtoken"
+
+
+@dataclass(frozen=True)
+class NgrokSettings:
+    """The tunnel of `python proxy.py dev`: the ngrok account's authtoken and, when set, its static domain (every
+    account has one free: the redirect URI registered at TikTok then stays the same from one run to the next)."""
+
+    authtoken: str = field(repr=False)
+    domain: str = ""
+
+
+def load_ngrok_settings(environ: Mapping[str, str] | None = None) -> NgrokSettings:
+    """From `environ`, or from the process environment plus an optional `.env`, as load_settings reads them."""
+    if environ is None:
+        load_dotenv_from_working_directory()
+        environ = os.environ
+
+    def raw(name: str) -> str | None:
+        value = environ.get(name, "").strip()
+        return value or None
+
+    authtoken = raw("NGROK_AUTHTOKEN")
+    if authtoken is None:
+        raise ConfigError(
+            "NGROK_AUTHTOKEN",
+            f"NGROK_AUTHTOKEN is not set: python proxy.py dev opens its tunnel with your ngrok authtoken, from "
+            f"{NGROK_AUTHTOKEN_PAGE}",
+        )
+    domain = (raw("NGROK_DOMAIN") or "").lower()
+    if domain and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+        raise ConfigError(
+            "NGROK_DOMAIN", f"NGROK_DOMAIN must be a domain name alone, e.g. example.ngrok-free.app, got {domain!r}"
+        )
+    return NgrokSettings(authtoken, domain)
