@@ -3,6 +3,7 @@
     python proxy.py                  serve (HOST, PORT, WEB_CONCURRENCY from the environment or .env)
     python proxy.py <command>        setup-auth0, doctor, revoke-user (see --help)
     uvicorn proxy:app                the same app under uvicorn's own command line
+    python proxy.py dev              serve through an ngrok tunnel, with setup-auth0 and doctor against it
 
 The code lives in the `tiktok_proxy` package; docs/architecture.md maps it.
 """

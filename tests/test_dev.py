@@ -195,7 +195,7 @@ def test_the_whole_loop_in_one_command(
         f"HOST=0.0.0.0\nPORT={port}\nTIKTOK_CLIENT_KEY={CLIENT_KEY}\nTIKTOK_CLIENT_SECRET={CLIENT_SECRET}\n"
         f"AUTH0_DOMAIN={auth0_http.url}\nAUTH0_MGMT_CLIENT_ID={MGMT_CLIENT_ID}\n"
         f"AUTH0_MGMT_CLIENT_SECRET={MGMT_CLIENT_SECRET}\nAUTH0_APP_CLIENT_IDS=app-one\n"
-        f"NGROK_DOMAIN={DOMAIN}\nPUBLIC_URL=https://last-time.ngrok-free.app\n"
+        f"NGROK_DOMAIN=https://{DOMAIN}/\nPUBLIC_URL=https://last-time.ngrok-free.app\n"  # the domain as a URL too
     )
     run = start_dev(dev_env(NGROK_AUTHTOKEN=AUTHTOKEN), "--use-proxy-authorize")
     run.wait_for(" problem(s), ")  # doctor's summary: it ran through the tunnel
@@ -328,7 +328,7 @@ NOT_SET = "NGROK_AUTHTOKEN is not set: python proxy.py dev opens its tunnel with
             [],
         ),
         ("no-gate", 2, "configuration error: {gate_refusal}", []),
-        ("domain-with-scheme", 2, "configuration error: NGROK_DOMAIN must be a domain name alone", []),
+        ("domain-not-a-name", 2, "configuration error: NGROK_DOMAIN must be a domain name, e.g. ", []),
         ("sdk-missing", 1, "python proxy.py dev needs ngrok's Agent SDK", []),
         ("port-taken", 1, "port {port} on 127.0.0.1 is taken (Address already in use): stop what listens there", []),
         ("auth0-incomplete", 1, "set AUTH0_MGMT_CLIENT_ID and AUTH0_MGMT_CLIENT_SECRET", []),
@@ -380,8 +380,8 @@ def test_bad_input_gets_one_clear_line_and_leaves_nothing_running(
     elif case == "no-gate":
         for name in gate:
             del variables[name]
-    elif case == "domain-with-scheme":
-        variables["NGROK_DOMAIN"] = f"https://{DOMAIN}/"
+    elif case == "domain-not-a-name":
+        variables["NGROK_DOMAIN"] = f"{DOMAIN}:443"
     elif case == "sdk-missing":  # as if `pip install ngrok` had not been run, whatever this machine has installed
         (tmp_path / "no-sdk").mkdir()
         (tmp_path / "no-sdk" / "ngrok.py").write_text("raise ModuleNotFoundError(\"No module named 'ngrok'\")\n")

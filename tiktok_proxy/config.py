@@ -115,7 +115,7 @@ GOOD_VALUES = {
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
     "NGROK_AUTHTOKEN": "your ngrok authtoken, from https://dashboard.ngrok.com/get-started/your-authtoken",
-    "NGROK_DOMAIN": "your ngrok account's domain alone, e.g. example.ngrok-free.app (or nothing)",
+    "NGROK_DOMAIN": "your ngrok account's domain, e.g. example.ngrok-free.app (or nothing)",
 }
 
 
@@ -429,9 +429,11 @@ def load_ngrok_settings(environ: Mapping[str, str] | None = None) -> NgrokSettin
             f"NGROK_AUTHTOKEN is not set: python proxy.py dev opens its tunnel with your ngrok authtoken, from "
             f"{NGROK_AUTHTOKEN_PAGE}",
         )
-    domain = (raw("NGROK_DOMAIN") or "").lower()
+    value = raw("NGROK_DOMAIN") or ""
+    # The domain alone, as the SDK takes it; its https URL (ngrok's own `--url`) says the same.
+    domain = value.lower().removeprefix("https://").rstrip("/")
     if domain and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
         raise ConfigError(
-            "NGROK_DOMAIN", f"NGROK_DOMAIN must be a domain name alone, e.g. example.ngrok-free.app, got {domain!r}"
+            "NGROK_DOMAIN", f"NGROK_DOMAIN must be a domain name, e.g. example.ngrok-free.app, got {value!r}"
         )
     return NgrokSettings(authtoken, domain)

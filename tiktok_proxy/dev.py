@@ -65,17 +65,24 @@ class Stopped(BaseException):
 
 
 def stop(signum: int, frame: FrameType | None) -> None:
-    # Once: a second Ctrl-C while the tunnel closes must not cut the closing short (it is bounded anyway).
+    ignore_signals()
+    raise Stopped
+
+
+def ignore_signals() -> None:
+    """While the tunnel closes: a second Ctrl-C must not cut the closing short (it is bounded anyway)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Stopped
 
 
 def develop(args: argparse.Namespace, serve: Serve) -> NoReturn:
     """The whole loop, then the end of the process. `serve` is how `python proxy.py` serves (cli.serve)."""
-    status = the_loop(args, serve)
+    try:
+        status = the_loop(args, serve)
+    except Stopped:  # a signal while a refusal was being printed: the tunnel is closed all the same
+        status = 0
     # Without finalizing the interpreter: the SDK's Rust threads outlive it and can abort its finalization, even
-    # once the session has ended (ngrok 1.4.0, after a refused token: SIGABRT or SIGSEGV in about one run in ten).
+    # once the session has ended (ngrok 1.4.0, after a refused token: SIGABRT or SIGSEGV in about one run in six).
     # Everything is closed by now; what is left to write is flushed first.
     logging.shutdown()
     sys.stdout.flush()
@@ -120,6 +127,7 @@ def the_loop(args: argparse.Namespace, serve: Serve) -> int:
     except Stopped:
         pass
     finally:
+        ignore_signals()
         if sdk is not None:
             end_tunnel(sdk, listener)
     return 0
@@ -128,11 +136,10 @@ def the_loop(args: argparse.Namespace, serve: Serve) -> int:
 def read_settings(args: argparse.Namespace) -> tuple[Settings, NgrokSettings, AdminSettings]:
     """Everything checked before the tunnel opens: a mistake found later would leave Auth0 pointing at it."""
     load_dotenv_from_working_directory()
+    # The tunnel's address becomes PUBLIC_URL: until it is known, a placeholder stands in, for the OpenID Connect
+    # facade, which needs one.
+    settings = load_settings({**os.environ, "HOST": LOOPBACK, "PUBLIC_URL": "https://ngrok.invalid"})
     tunnel = load_ngrok_settings(os.environ)
-    # The tunnel's address becomes PUBLIC_URL; until it is known, the static domain's (or a placeholder) stands in,
-    # for the OpenID Connect facade, which needs one.
-    expected_url = f"https://{tunnel.domain or 'ngrok.invalid'}"
-    settings = load_settings({**os.environ, "HOST": LOOPBACK, "PUBLIC_URL": expected_url})
     # Reachable from anywhere through the tunnel: the rule, and the refusal, of a proxy listening on a public address.
     require_gate_off_loopback(replace(settings, host=TUNNEL))
     admin = load_admin_settings(vars(args))
