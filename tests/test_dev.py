@@ -24,8 +24,8 @@ import pytest
 import trustme
 
 from tiktok_proxy.auth0.doctor import PROBE_CODE
-from tiktok_proxy.config import ConfigError, Settings, require_gate_off_loopback
-from tiktok_proxy.dev import TUNNEL
+from tiktok_proxy.config import ConfigError, NgrokSettings, Settings, require_gate_off_loopback
+from tiktok_proxy.dev import TUNNEL, refusal
 
 from conftest import ServerThread, free_port
 from stand_ins.auth0_management import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
@@ -294,11 +294,14 @@ def test_a_problem_doctor_finds_is_printed_and_the_proxy_keeps_serving(
         TIKTOK_CLIENT_KEY=CLIENT_KEY,
         TIKTOK_CLIENT_SECRET=wrong_secret,
     )
-    run = start_dev(env)
+    run = start_dev(env, "--use-proxy-authorize")
     run.wait_for("Serving through ")
     assert "problem  TikTok refused the client key or secret" in run.output
     assert "\n1 problem(s), " in run.output
     (_, listening) = run.calls()
+    assert (  # without Management API credentials, what to paste: the Authorization URL too, since it was asked for
+        f"  Token URL: {listening['url']}/proxy/token\n  Authorization URL: {listening['url']}/proxy/authorize\n"
+    ) in run.output
     code = tiktok.issue_code()
     exchange = {"grant_type": "authorization_code", "code": code, "client_id": CLIENT_KEY}
     answer = httpx.post(
@@ -426,6 +429,24 @@ def gate_refusal() -> str:
     with pytest.raises(ConfigError) as refused:
         require_gate_off_loopback(replace(Settings(), host=TUNNEL))
     return str(refused.value)
+
+
+def test_ngrok_s_other_refusals_are_one_line_too_without_the_token() -> None:
+    token = NgrokSettings(WRONG_AUTHTOKEN)
+    session_limit = ValueError(
+        "failed to connect session",
+        f"Your account is limited to 1 simultaneous session.\r\n{WRONG_AUTHTOKEN}",
+        "ERR_NGROK_108",
+    )
+    assert refusal(session_limit, token) == (
+        "ngrok could not open the tunnel: failed to connect session: Your account is limited to 1 simultaneous "
+        "session. (ERR_NGROK_108)"
+    )
+    quoting = ValueError("failed to start listener", f"no endpoint for {WRONG_AUTHTOKEN}")
+    assert (
+        refusal(quoting, token)
+        == "ngrok could not open the tunnel: failed to start listener: no endpoint for [redacted]"
+    )
 
 
 def test_help_lists_dev() -> None:
