@@ -5,6 +5,7 @@
                                      is set, the OpenID Connect facade for every other platform (docs/oidc.md)
     python proxy.py <command>        setup-auth0, doctor, revoke-user, oidc-keygen (see --help)
     uvicorn proxy:app                the same app under uvicorn's own command line
+    python proxy.py dev              serve through an ngrok tunnel, with setup-auth0 and doctor against it
 
 The code lives in the `tiktok_proxy` package; docs/architecture.md maps it.
 """

@@ -34,7 +34,8 @@ RANK = {
     "tiktok_proxy.auth0.setup": 5,
     "tiktok_proxy.auth0.revoke_user": 5,
     "tiktok_proxy.auth0.doctor": 6,
-    "tiktok_proxy.cli": 7,
+    "tiktok_proxy.dev": 7,
+    "tiktok_proxy.cli": 8,
 }
 
 

@@ -1,5 +1,5 @@
 """The command line: with no command it serves; `setup-auth0`, `doctor` and `revoke-user` manage Auth0;
-`oidc-keygen` makes a signing key for the OpenID Connect facade.
+`oidc-keygen` makes a signing key for the OpenID Connect facade; `dev` serves through an ngrok tunnel (dev.py).
 
 It sits on top of everything: the serving side never imports it, and it loads the Auth0 tooling only for
 those commands.
@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", metavar="command")
     setup = commands.add_parser("setup-auth0", help="create or update the Auth0 connection through the Management API")
     setup.add_argument("--dry-run", action="store_true", help="show the changes without writing them")
-    setup.add_argument(
-        "--use-proxy-authorize", action="store_true", help="Authorization URL: PUBLIC_URL/proxy/authorize"
-    )
-    setup.add_argument(
-        "--app", action="append", metavar="CLIENT_ID", help="enable the connection for this Auth0 application"
-    )
     doctor = commands.add_parser("doctor", help="check the proxy, the tunnel and the Auth0 connection")
+    dev = commands.add_parser(
+        "dev",
+        help="serve on loopback through an ngrok tunnel (NGROK_AUTHTOKEN), point the Auth0 connection at it as "
+        "setup-auth0 does, and check it with doctor; Ctrl-C stops it",
+    )
+    dev.add_argument("--port", type=int, default=argparse.SUPPRESS, help="port to listen on (default: PORT, or 3333)")
     revoke = commands.add_parser("revoke-user", help="revoke an Auth0 user's TikTok grant (account deletion)")
     revoke.add_argument("user_id", help="the Auth0 user id, e.g. oauth2|tiktok|<open_id>")
     revoke.add_argument("--delete-user", action="store_true", help="then delete the Auth0 user, once the revoke worked")
@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     keygen.add_argument(
         "--out", metavar="FILE", help="write it to FILE, readable by its owner only, never over an existing file"
     )
-    for command in (setup, doctor, revoke):
+    for command in (setup, dev):
+        command.add_argument(
+            "--use-proxy-authorize", action="store_true", help="Authorization URL: PUBLIC_URL/proxy/authorize"
+        )
+        command.add_argument(
+            "--app", action="append", metavar="CLIENT_ID", help="enable the connection for this Auth0 application"
+        )
+    for command in (setup, doctor, revoke, dev):
         command.add_argument("--domain", help="Auth0 domain (default: AUTH0_DOMAIN)")
         command.add_argument("--connection", help="connection name (default: AUTH0_CONNECTION_NAME, or tiktok)")
     for command in (setup, doctor):
@@ -54,8 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
+    if args.command == "dev" and args.host:
+        parser.error("dev listens on 127.0.0.1 only: the tunnel is the only way in (no --host)")
     if args.command == "oidc-keygen":
         raise SystemExit(oidc_keygen(args.type, args.out))
+    if args.command == "dev":
+        from .dev import develop  # here: the tunnel and the Auth0 tooling load only for this command
+
+        develop(args, serve)
     if args.command:
         raise SystemExit(run_command(args))
     serve(args.host, args.port)

@@ -120,6 +120,8 @@ GOOD_VALUES = {
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
     "OIDC_EMAIL_DOMAIN": "a domain you own, or one under .invalid, e.g. tiktok-users.invalid (or empty: no email)",
+    "NGROK_AUTHTOKEN": "your ngrok authtoken, from https://dashboard.ngrok.com/get-started/your-authtoken",
+    "NGROK_DOMAIN": "your ngrok account's domain, e.g. example.ngrok-free.app (or nothing)",
 }
 
 
@@ -138,11 +140,13 @@ VARIABLES = frozenset(
         # the Auth0 commands (setup-auth0, doctor, revoke-user), besides TIKTOK_CLIENT_KEY, PUBLIC_URL...
         "AUTH0_DOMAIN", "AUTH0_MGMT_CLIENT_ID", "AUTH0_MGMT_CLIENT_SECRET", "AUTH0_MGMT_TOKEN",
         "AUTH0_CONNECTION_NAME", "AUTH0_APP_CLIENT_IDS", "TIKTOK_REDIRECT_URI",
+        # python proxy.py dev
+        "NGROK_AUTHTOKEN", "NGROK_DOMAIN",
     }
 )  # fmt: skip
 # The prefixes no other software's variables use: a variable that starts with one but is not in VARIABLES is a
 # misspelling. A new family of variables adds its prefix here (LOG_, NO_, SSL_... are shared, so not listed).
-OWN_PREFIXES = ("TIKTOK_", "OIDC_", "PROXY_", "AUTH0_")
+OWN_PREFIXES = ("TIKTOK_", "OIDC_", "PROXY_", "AUTH0_", "NGROK_")
 # The shortest a secret can be to be real: the proxy's own are refused shorter (secret_value); Auth0's and TikTok's
 # are longer (logs.redact relies on it).
 MIN_SECRET_LENGTH = 16
@@ -502,3 +506,42 @@ def settings_or_exit() -> Settings:
             print(f"tiktok-token-proxy: warning: {warning}", file=sys.stderr)
         print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+NGROK_AUTHTOKEN_PAGE = "https://dashboard.ngrok.com/get-started/your-authtoken"
+
+
+@dataclass(frozen=True)
+class NgrokSettings:
+    """The tunnel of `python proxy.py dev`: the ngrok account's authtoken and, when set, its static domain (every
+    account has one free: the redirect URI registered at TikTok then stays the same from one run to the next)."""
+
+    authtoken: str = field(repr=False)
+    domain: str = ""
+
+
+def load_ngrok_settings(environ: Mapping[str, str] | None = None) -> NgrokSettings:
+    """From `environ`, or from the process environment plus an optional `.env`, as load_settings reads them."""
+    if environ is None:
+        load_dotenv_from_working_directory()
+        environ = os.environ
+
+    def raw(name: str) -> str | None:
+        value = environ.get(name, "").strip()
+        return value or None
+
+    authtoken = raw("NGROK_AUTHTOKEN")
+    if authtoken is None:
+        raise ConfigError(
+            "NGROK_AUTHTOKEN",
+            f"NGROK_AUTHTOKEN is not set: python proxy.py dev opens its tunnel with your ngrok authtoken, from "
+            f"{NGROK_AUTHTOKEN_PAGE}",
+        )
+    value = raw("NGROK_DOMAIN") or ""
+    # The domain alone, as the SDK takes it; its https URL (ngrok's own `--url`) says the same.
+    domain = value.lower().removeprefix("https://").rstrip("/")
+    if domain and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+        raise ConfigError(
+            "NGROK_DOMAIN", f"NGROK_DOMAIN must be a domain name, e.g. example.ngrok-free.app, got {value!r}"
+        )
+    return NgrokSettings(authtoken, domain)
