@@ -225,8 +225,7 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
         log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
-                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
-                  oidc=settings.public_url if settings.oidc_key else "off")  # fmt: skip
+                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off", **oidc)  # fmt: skip
         warn_about_the_gate(settings)
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
@@ -243,10 +242,14 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
     if settings.metrics_token:  # otherwise GET /metrics is the ordinary 404
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    oidc: dict[str, Any] = {"oidc": "off"}
     if settings.oidc_key is not None:  # the OpenID Connect facade; otherwise its paths are the ordinary 404
         from .oidc import facade  # only then: it loads cryptography, which the token route never needs
+        from .oidc.provider import Provider
 
-        routes += facade.routes(settings)
+        provider = Provider(settings)
+        routes += facade.routes(provider)
+        oidc = {"oidc": settings.public_url, **provider.kids()}
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

@@ -69,7 +69,9 @@ class Settings:
     public_url: str = ""
     userinfo_url: str = DEFAULT_USERINFO_URL
     oidc_key: SigningKey | None = field(default=None, repr=False)
-    oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # still in the JWKS
+    # A rotation's other keys: both are published in the JWKS and open what they sealed; neither signs nor seals.
+    oidc_next_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # the keys that will sign next
+    oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # the keys signed with before
     oidc_redirect_uris: frozenset[str] = field(default_factory=frozenset)  # the relying parties' callbacks
     oidc_subject: str = "open_id"  # or union_id: the same sub across the developer's TikTok apps
 
@@ -111,6 +113,7 @@ GOOD_VALUES = {
     "TIKTOK_USERINFO_URL": "an https URL with its trailing slash, e.g. https://open.tiktokapis.com/v2/user/info/",
     "PUBLIC_URL": "the proxy's public https address, e.g. https://tiktok-oidc.example.com",
     "OIDC_SIGNING_KEY_FILE": "the path of a PEM private key from: python proxy.py oidc-keygen",
+    "OIDC_NEXT_KEY_FILES": "comma-separated paths of the PEM keys that will sign next, each readable",
     "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
@@ -189,13 +192,14 @@ def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Setti
             raise ConfigError(
                 "OIDC_REDIRECT_URIS", f"OIDC_REDIRECT_URIS must hold absolute URLs with no fragment, got {uri!r}"
             )
-    previous = [path.strip() for path in (raw("OIDC_PREVIOUS_KEY_FILES") or "").split(",") if path.strip()]
+    key, next_keys, previous_keys = rotation_keys(raw, key_file)
     return replace(
         settings,
         userinfo_url=userinfo_url,
         public_url=issuer_url(raw("PUBLIC_URL")),
-        oidc_key=signing_key("OIDC_SIGNING_KEY_FILE", key_file),
-        oidc_previous_keys=tuple(signing_key("OIDC_PREVIOUS_KEY_FILES", path) for path in previous),
+        oidc_key=key,
+        oidc_next_keys=next_keys,
+        oidc_previous_keys=previous_keys,
         oidc_redirect_uris=redirect_uris,
         oidc_subject=one_of("OIDC_SUBJECT", raw("OIDC_SUBJECT") or "open_id", OIDC_SUBJECTS),
     )
@@ -209,6 +213,36 @@ def issuer_url(value: str | None) -> str:
         )
     # The rules of TikTok's URLs: absolute, https (http only for localhost), no query or fragment.
     return upstream_url("PUBLIC_URL", value).rstrip("/")
+
+
+def rotation_keys(
+    raw: Callable[[str], str | None], key_file: str
+) -> tuple[SigningKey, tuple[SigningKey, ...], tuple[SigningKey, ...]]:
+    """The current key, the next ones and the previous ones (docs/oidc.md, Key rotation), each in one role only.
+
+    One key in two roles is a slip in a rotation's steps (a key promoted but left among the next ones, say). The
+    keys themselves are compared, not the paths: two files can hold the same key."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    roles = {
+        "OIDC_SIGNING_KEY_FILE": [key_file],
+        "OIDC_NEXT_KEY_FILES": comma_list(raw("OIDC_NEXT_KEY_FILES")),
+        "OIDC_PREVIOUS_KEY_FILES": comma_list(raw("OIDC_PREVIOUS_KEY_FILES")),
+    }
+    keys: dict[str, list[SigningKey]] = {}
+    seen: dict[bytes, str] = {}  # each public key, and where it was first found
+    for name, paths in roles.items():
+        keys[name] = []
+        for path in paths:
+            key = signing_key(name, path)
+            public = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            if public in seen:
+                raise ConfigError(name, f"{name}: {path!r} holds the same key as {seen[public]}: a key is the "
+                                  "current one, a next one or a previous one, never two of these")  # fmt: skip
+            seen[public] = f"{name} ({path!r})"
+            keys[name].append(key)
+    (current,) = keys["OIDC_SIGNING_KEY_FILE"]
+    return current, tuple(keys["OIDC_NEXT_KEY_FILES"]), tuple(keys["OIDC_PREVIOUS_KEY_FILES"])
 
 
 def signing_key(name: str, path: str) -> SigningKey:
@@ -250,8 +284,12 @@ def bounded(
     return number
 
 
+def comma_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def comma_set(value: str | None) -> frozenset[str]:
-    return frozenset(item.strip() for item in (value or "").split(",") if item.strip())
+    return frozenset(comma_list(value))
 
 
 def split_scopes(scope: str) -> list[str]:
