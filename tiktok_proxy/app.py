@@ -235,7 +235,7 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
             yield {"upstream": client}
         finally:
             await client.aclose()
-            metrics.worker_stopped()  # here: uvicorn ends a worker by re-raising SIGTERM, so atexit never runs
+            metrics.worker_stopped()  # here: under `uvicorn proxy:app` a worker dies of SIGTERM, so atexit never runs
 
     # TikTok's own URLs end in '/', so users may paste ours that way too (RelayedRoutes does the same).
     routes = [Route(path, authorize_endpoint, methods=["GET"]) for path in ("/proxy/authorize", "/proxy/authorize/")]
