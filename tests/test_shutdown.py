@@ -87,19 +87,27 @@ def test_under_uvicorns_own_command_line_the_status_is_uvicorns(tmp_path: Path) 
     assert "Finished server process" in output
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_drain_cut_short_by_the_grace_period_exits_1(tmp_path: Path, workers: str) -> None:
+def serving_the_slow_app(workers: str, cwd: Path) -> tuple[subprocess.Popen[str], str]:
+    """SERVE_SLOW_APP in a process of its own, once it answers; the process and its URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE_SLOW_APP, str(port), workers],
-        env=clean_env(PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'tools'}"), cwd=tmp_path,
+        env=clean_env(PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'tools'}"), cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(url, process)  # any path but /slow answers at once
-    in_the_background(lambda: httpx.get(url + "/slow", timeout=30))
+    return process, url
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_drain_cut_short_by_the_grace_period_exits_1(tmp_path: Path, workers: str) -> None:
+    process, url = serving_the_slow_app(workers, tmp_path)
+    answer = in_the_background(lambda: httpx.get(url + "/slow", timeout=30))
     time.sleep(0.3)  # the request has arrived
     status, output, seconds = stopped(process)
+    cut = answer()
+    assert isinstance(cut, httpx.Response) and cut.status_code == 500, cut  # uvicorn's answer to a cancelled request
     assert status == 1, output
     assert "timeout graceful shutdown exceeded" in output  # uvicorn's line: it cancelled the request
     assert seconds < 10, output
@@ -107,12 +115,6 @@ def test_a_drain_cut_short_by_the_grace_period_exits_1(tmp_path: Path, workers: 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_control_the_same_server_with_nothing_under_way_exits_0(tmp_path: Path, workers: str) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SLOW_APP, str(port), workers],
-        env=clean_env(PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'tools'}"), cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    wait_until_healthy(f"http://127.0.0.1:{port}", process)
+    process, _ = serving_the_slow_app(workers, tmp_path)
     status, output, _ = stopped(process)
     assert status == 0, output
