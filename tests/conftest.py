@@ -255,10 +255,9 @@ class OIDCProxy:
     env: dict[str, str]
     key_files: dict[str, str]
 
-    def rotate(self, key: str, previous: tuple[str, ...] = ()) -> None:
-        """Serve the same issuer with other keys from now on: a rolling restart after a key rotation."""
-        self.env = {**self.env, "OIDC_SIGNING_KEY_FILE": self.key_files[key]}
-        self.env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(self.key_files[name] for name in previous)
+    def rotate(self, key: str, previous: tuple[str, ...] = (), next: tuple[str, ...] = ()) -> None:
+        """Serve the same issuer with other keys from now on: what an instance restarted in a rotation serves."""
+        self.env = {**self.env, **key_env(self.key_files, key, previous, next)}
         self.settings = load_settings(self.env)
         # The running server keeps its lifespan state (the upstream client): only the app changes.
         self.late.app = create_app(self.settings)
@@ -277,6 +276,17 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (folder / f"{name}.pem").write_text(generate_pem(kind))
         files[name] = str(folder / f"{name}.pem")
     return files
+
+
+def key_env(
+    key_files: dict[str, str], key: str, previous: tuple[str, ...] = (), next: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The key variables for these keys, by name: the current one, the previous ones and the next ones."""
+    return {
+        "OIDC_SIGNING_KEY_FILE": key_files[key],
+        "OIDC_PREVIOUS_KEY_FILES": ",".join(key_files[name] for name in previous),
+        "OIDC_NEXT_KEY_FILES": ",".join(key_files[name] for name in next),
+    }
 
 
 def oidc_env(tiktok_url: str, key_file: str, **changes: str) -> dict[str, str]:
@@ -345,13 +355,19 @@ def start_oidc(
     key_files: dict[str, str],
     localhost_tls: LocalhostTLS,
 ) -> Iterator[Callable[..., OIDCProxy]]:
-    """Start a proxy with the facade on: start_oidc(key="ec", OIDC_SUBJECT="union_id", ...). With tls=True it is
-    served over https, as https://localhost:<port>, under a certificate that `localhost_tls` trusts."""
+    """Start a proxy with the facade on: start_oidc(key="ec", next=("ec-next",), OIDC_SUBJECT="union_id", ...). With
+    tls=True it is served over https, as https://localhost:<port>, under a certificate that `localhost_tls` trusts."""
     _, tiktok_server = stand_in_server
     tiktok.clients[OTHER_CLIENT_KEY] = OTHER_CLIENT_SECRET
     started: list[tuple[ServerThread, httpx.Client]] = []
 
-    def start(key: str = "rsa", previous: tuple[str, ...] = (), tls: bool = False, **changes: str) -> OIDCProxy:
+    def start(
+        key: str = "rsa",
+        previous: tuple[str, ...] = (),
+        next: tuple[str, ...] = (),
+        tls: bool = False,
+        **changes: str,
+    ) -> OIDCProxy:
         late = LateApp()
         server = ServerThread(late)
         public_url = server.url
@@ -360,8 +376,7 @@ def start_oidc(
             server.server.config.load()
             public_url = f"https://localhost:{server.port}"
         env = oidc_env(tiktok_server.url, key_files[key], PUBLIC_URL=public_url, **changes)
-        if previous:
-            env["OIDC_PREVIOUS_KEY_FILES"] = ",".join(key_files[name] for name in previous)
+        env.update(key_env(key_files, key, previous, next))
         settings = load_settings(env)
         late.app = create_app(settings)
         server.__enter__()

@@ -233,8 +233,7 @@ def httpx_html_500():  # type: ignore[no-untyped-def]
 
 def test_sigterm_stops_the_proxy_cleanly(running_proxy: RunningProxy) -> None:
     log = running_proxy.stop()
-    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says why it stopped.
-    assert running_proxy.process.returncode in (0, -signal.SIGTERM)
+    assert running_proxy.process.returncode == 0  # a complete drain (tests/test_shutdown.py has the rest)
     assert "Finished server process" in log
     assert "Traceback" not in log
 

@@ -40,23 +40,26 @@ GAPS_ACROSS_5_S = (4.9, 5.0, 5.1, 5.3, 2.0, 4.95, 5.05, 6.5)
 JITTER = 0.04
 ESTABLISHED, CLOSED_FIRST = "01", {"04", "05", "06"}  # /proc/net/tcp states: FIN_WAIT1, FIN_WAIT2, TIME_WAIT
 
-NGINX_CONF = """\
+NGINX_MAIN = """\
 daemon off;
 master_process on;
 worker_processes 1;
 {user}
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections 256; }}
 http {{
-    log_format front_door '$status upstream=$upstream_addr upstream_status=$upstream_status';
-    access_log {dir}/access.log front_door;
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-
+{http}
+}}
+"""
+FRONT_DOOR = """\
+    log_format front_door '$status upstream=$upstream_addr upstream_status=$upstream_status';
+    access_log {dir}/access.log front_door;
     upstream tiktok_proxy {{
         server 127.0.0.1:{proxy_port};
         keepalive 16;
@@ -70,9 +73,13 @@ http {{
             proxy_set_header Connection "";
             # proxy_next_upstream stays nginx's default: a POST sent once is never sent again.
         }}
-    }}
-}}
-"""
+    }}"""
+
+
+def nginx_conf(workdir: Path, http: str) -> str:
+    """A whole nginx.conf around the content of its `http` block, with its pid, logs and temp files in workdir."""
+    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would run as nobody: no way into workdir
+    return NGINX_MAIN.format(user=user, dir=workdir, http=http)
 
 
 def tcp_sockets() -> list[tuple[int, int, str]]:
@@ -136,22 +143,16 @@ class FrontDoor:
 
 
 @contextmanager
-def running_nginx(proxy: Proxy, workdir: Path, keepalive_timeout: int) -> Iterator[FrontDoor]:
-    """nginx in the foreground, with its own config, pid, logs and temp files in workdir, on a free port."""
-    command, port = debian_command("nginx", "nginx"), free_port()
-    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would run as nobody: no way into workdir
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(user=user, dir=workdir, port=port, proxy_port=proxy.port, keepalive_timeout=keepalive_timeout)
-    )
+def foreground_nginx(conf: Path, workdir: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+    """nginx in the foreground with this config, once it listens on port; stopped gracefully afterwards."""
     # -e: the error log before the config is read (Debian's default, /var/log/nginx, may not be writable).
     process = subprocess.Popen(
-        [command, "-p", f"{workdir}/", "-c", str(conf), "-e", str(workdir / "error.log")],
+        [debian_command("nginx", "nginx"), "-p", f"{workdir}/", "-c", str(conf), "-e", str(workdir / "error.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         wait_until_listening(port, process, "nginx")
-        yield FrontDoor(f"http://127.0.0.1:{port}", workdir)
+        yield process
     finally:
         process.send_signal(signal.SIGQUIT)  # graceful shutdown
         try:
@@ -159,6 +160,16 @@ def running_nginx(proxy: Proxy, workdir: Path, keepalive_timeout: int) -> Iterat
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+@contextmanager
+def running_nginx(proxy: Proxy, workdir: Path, keepalive_timeout: int) -> Iterator[FrontDoor]:
+    """nginx with an upstream keepalive pool to the proxy, on a free port."""
+    port, conf = free_port(), workdir / "nginx.conf"
+    http = FRONT_DOOR.format(dir=workdir, port=port, proxy_port=proxy.port, keepalive_timeout=keepalive_timeout)
+    conf.write_text(nginx_conf(workdir, http))
+    with foreground_nginx(conf, workdir, port):
+        yield FrontDoor(f"http://127.0.0.1:{port}", workdir)
 
 
 @dataclass

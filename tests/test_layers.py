@@ -30,6 +30,7 @@ RANK = {
     "tiktok_proxy.oidc.facade": 5,
     "tiktok_proxy.app": 6,
     "tiktok_proxy.serving": 3,
+    "tiktok_proxy.shutdown": 0,
     "tiktok_proxy.auth0.management": 4,
     "tiktok_proxy.auth0.setup": 5,
     "tiktok_proxy.auth0.revoke_user": 5,

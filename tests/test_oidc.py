@@ -216,6 +216,7 @@ def test_without_a_signing_key_the_facade_is_a_plain_404(client: httpx.Client) -
         ({"OIDC_EMAIL_DOMAIN": "-users.example.com"}, "OIDC_EMAIL_DOMAIN"),
         ({"OIDC_EMAIL_DOMAIN": "users..example.com"}, "OIDC_EMAIL_DOMAIN"),
         ({"OIDC_EMAIL_DOMAIN": "b\u00fccher.example"}, "OIDC_EMAIL_DOMAIN"),  # IDNs as xn-- labels
+        ({"OIDC_NEXT_KEY_FILES": "/nonexistent/new.pem"}, "OIDC_NEXT_KEY_FILES"),
     ],
 )
 def test_a_bad_setting_names_its_variable(key_files: dict[str, str], changes: dict[str, str], variable: str) -> None:
@@ -279,6 +280,56 @@ def test_oidc_keygen_prints_a_key_the_proxy_accepts(tmp_path: Path) -> None:
 
         key = load_settings(env).oidc_key
         assert key is not None and Signer.of(key).alg == alg
+
+
+def test_one_key_in_two_roles_is_refused_whatever_the_file_holding_it(
+    tmp_path: Path, key_files: dict[str, str]
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    # The same RSA key in another file and another encoding (PKCS #1, not PKCS #8): compared as keys, not paths.
+    key = serialization.load_pem_private_key(Path(key_files["rsa"]).read_bytes(), password=None)
+    copy = tmp_path / "copy-of-rsa.pem"
+    encoding, pkcs1 = serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL
+    copy.write_bytes(key.private_bytes(encoding, pkcs1, serialization.NoEncryption()))
+    for changes, variable, first in [
+        ({"OIDC_NEXT_KEY_FILES": str(copy)}, "OIDC_NEXT_KEY_FILES", "OIDC_SIGNING_KEY_FILE"),
+        ({"OIDC_PREVIOUS_KEY_FILES": str(copy)}, "OIDC_PREVIOUS_KEY_FILES", "OIDC_SIGNING_KEY_FILE"),
+        ({"OIDC_SIGNING_KEY_FILE": key_files["ec"], "OIDC_NEXT_KEY_FILES": key_files["rsa"],
+          "OIDC_PREVIOUS_KEY_FILES": f"{key_files['ec-next']},{copy}"}, "OIDC_PREVIOUS_KEY_FILES", "OIDC_NEXT_KEY_FILES"),
+    ]:  # fmt: skip
+        env = oidc_env("http://127.0.0.1:1", key_files["rsa"], PUBLIC_URL="https://idp.example.com", **changes)
+        with pytest.raises(ConfigError) as caught:
+            load_settings(env)
+        message = str(caught.value)
+        assert caught.value.variable == variable and "\n" not in message, message
+        assert message.startswith(f"{variable}: {str(copy)!r} holds the same key as {first} ("), message
+    env = oidc_env("http://127.0.0.1:1", key_files["rsa"], PUBLIC_URL="https://idp.example.com")
+    settings = load_settings(
+        {**env, "OIDC_NEXT_KEY_FILES": key_files["ec-next"], "OIDC_PREVIOUS_KEY_FILES": key_files["ec"]}
+    )
+    assert len(settings.oidc_next_keys) == len(settings.oidc_previous_keys) == 1  # three keys, three roles: fine
+
+
+def test_the_startup_line_names_the_kids_of_each_role(
+    start_oidc: Callable[..., OIDCProxy], key_files: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from joserfc.jwk import ECKey, RSAKey  # an independent implementation
+
+    kid = {
+        name: (RSAKey if name.startswith("rsa") else ECKey).import_key(Path(path).read_bytes()).thumbprint()
+        for name, path in key_files.items()
+    }
+    with caplog.at_level(logging.INFO):
+        proxy = start_oidc(key="rsa", next=("ec-next",), previous=("ec", "rsa-next"))
+        (start,) = [line for line in caplog.text.splitlines() if "event=start " in line]
+        assert (
+            f" oidc={proxy.url} signing_kid={kid['rsa']} next_kids={kid['ec-next']} "
+            f"previous_kids={kid['ec']},{kid['rsa-next']} oidc_gate="
+        ) in start, start
+        caplog.clear()
+        start_oidc(key="ec")
+        assert f" signing_kid={kid['ec']} next_kids=- previous_kids=-" in caplog.text, caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ authorize
@@ -754,6 +805,78 @@ def test_a_key_rotation_keeps_logins_in_flight(start_oidc: Callable[..., OIDCPro
     proxy.rotate("ec-next")
     answer = proxy.http.get(in_flight[1])
     assert answer.status_code == 400 and "the sign-in state is not valid" in answer.text
+
+
+# What each instance runs through a rotation's three rollouts (docs/oidc.md, Key rotation): before, 1. publish the
+# new key as next, 2. promote it, 3. drop the old one. Each rollout leaves, for a while, a fleet of two of these.
+ROTATION = [
+    {"key": "rsa"},
+    {"key": "rsa", "next": ("ec-next",)},
+    {"key": "ec-next", "previous": ("rsa",)},
+    {"key": "ec-next"},
+]
+
+
+def jwks_kids(proxy: OIDCProxy) -> list[str]:
+    return [key["kid"] for key in proxy.http.get(proxy.url + "/oidc/jwks").json()["keys"]]
+
+
+def kid_of(jwt: str) -> str:
+    kid: str = json.loads(base64.urlsafe_b64decode(jwt.split(".")[0] + "=="))["kid"]
+    return kid
+
+
+def test_a_next_key_is_published_and_opens_but_never_signs_or_seals(start_oidc: Callable[..., OIDCProxy]) -> None:
+    proxy = start_oidc(**ROTATION[1])
+    current, upcoming = jwks_kids(proxy)
+    callback = consent(proxy)
+    code = sign_in(proxy)["code"]
+    proxy.rotate(**ROTATION[0])  # an instance that has never heard of the next key
+    assert jwks_kids(proxy) == [current]
+    assert come_back(proxy, callback)["code"]  # opens the state: it was sealed with the current key
+    answer = redeem(proxy, code)  # ... and the code
+    assert answer.status_code == 200, answer.text
+    proxy.rotate(**ROTATION[1])
+    assert kid_of(redeem(proxy, sign_in(proxy)["code"]).json()["id_token"]) == current  # the next key never signs
+    proxy.rotate(**ROTATION[2])  # the next key promoted: what it seals, an instance still at step 1 opens
+    callback, code = consent(proxy), sign_in(proxy)["code"]
+    proxy.rotate(**ROTATION[1])
+    assert come_back(proxy, callback)["code"] and redeem(proxy, code).status_code == 200
+
+
+@pytest.mark.parametrize("rollout", [1, 2, 3], ids=["1 publish", "2 promote", "3 drop"])
+def test_in_each_rollout_old_and_new_instances_serve_each_others_steps(
+    start_oidc: Callable[..., OIDCProxy], rollout: int
+) -> None:
+    old, new = ROTATION[rollout - 1], ROTATION[rollout]
+    proxy = start_oidc(**old)
+    for first, second in ((old, new), (new, old)):
+        proxy.rotate(**first)
+        callback = consent(proxy)  # `first` seals the state
+        proxy.rotate(**second)
+        code = come_back(proxy, callback)["code"]  # `second` opens it and seals the code
+        proxy.rotate(**first)
+        answer = redeem(proxy, code)  # `first` opens the code and signs the ID token
+        assert answer.status_code == 200, answer.text
+        for either in (old, new):  # wherever a relying party fetched the JWKS, it lists the signing key
+            proxy.rotate(**either)
+            assert kid_of(answer.json()["id_token"]) in jwks_kids(proxy), (first, either)
+
+
+def test_control_the_old_two_step_rotation_loses_sign_ins_across_old_and_new_instances(
+    start_oidc: Callable[..., OIDCProxy],
+) -> None:
+    # What the next key is for: promoted at once, the new key seals and signs what old instances cannot open or list.
+    old, new = ROTATION[0], {"key": "ec-next", "previous": ("rsa",)}
+    proxy = start_oidc(**new)
+    callback, code = consent(proxy), sign_in(proxy)["code"]
+    id_token = redeem(proxy, sign_in(proxy)["code"]).json()["id_token"]
+    proxy.rotate(**old)
+    answer = proxy.http.get(callback)
+    assert answer.status_code == 400 and "the sign-in state is not valid" in answer.text
+    answer = redeem(proxy, code)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    assert kid_of(id_token) not in jwks_kids(proxy)
 
 
 # ------------------------------------------------------------------------------------------------- userinfo

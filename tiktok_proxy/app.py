@@ -230,8 +230,7 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
         log_event(logging.INFO, event="start", token_url=settings.token_url, revoke_url=settings.revoke_url,
                   timeout=settings.timeout, allowed_client_keys=len(settings.allowed_client_keys),
                   egress_proxy=egress_proxy_origin(settings.egress_proxy) or None,
-                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
-                  oidc=settings.public_url if settings.oidc_key else "off",
+                  gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off", **oidc,
                   oidc_gate=gate_mode(settings, header=False) if settings.oidc_key else None)  # fmt: skip
         for warning in settings.warnings:  # a misspelt name, a secret that cannot be real (config.py)
             log.warning(warning)
@@ -244,17 +243,21 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
             yield {"upstream": client}
         finally:
             await client.aclose()
-            metrics.worker_stopped()  # here: uvicorn ends a worker by re-raising SIGTERM, so atexit never runs
+            metrics.worker_stopped()  # here: under `uvicorn proxy:app` a worker dies of SIGTERM, so atexit never runs
 
     # TikTok's own URLs end in '/', so users may paste ours that way too (RelayedRoutes does the same).
     routes = [Route(path, authorize_endpoint, methods=["GET"]) for path in ("/proxy/authorize", "/proxy/authorize/")]
     if settings.metrics_token:  # otherwise GET /metrics is the ordinary 404
         metrics.setup(settings.workers)
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    oidc: dict[str, Any] = {"oidc": "off"}
     if settings.oidc_key is not None:  # the OpenID Connect facade; otherwise its paths are the ordinary 404
         from .oidc import facade  # only then: it loads cryptography, which the token route never needs
+        from .oidc.provider import Provider
 
-        routes += facade.routes(settings)
+        provider = Provider(settings)
+        routes += facade.routes(provider)
+        oidc = {"oidc": settings.public_url, **provider.kids()}
     app = Starlette(
         routes=[*routes, Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

@@ -13,7 +13,7 @@ import sys
 
 import uvicorn
 
-from . import metrics, serving
+from . import metrics, serving, shutdown
 from .config import ConfigError, settings_or_exit
 from .logs import logging_config, redact
 
@@ -110,7 +110,7 @@ def serve(host: str | None, port: int | None) -> None:
     if settings.metrics_token and settings.workers > 1:
         # Now, before uvicorn starts the workers: each reads the variable when it first imports prometheus_client.
         metrics.share_between_workers()
-    uvicorn.run(
+    config = uvicorn.Config(
         "proxy:app",
         host=settings.host,
         port=port or settings.port,
@@ -127,6 +127,7 @@ def serve(host: str | None, port: int | None) -> None:
         server_header=False,
         proxy_headers=False,
     )
+    shutdown.serve(config)  # exits 0 once every request under way has its answer (docs/operations/deploy.md#stopping)
 
 
 def run_command(args: argparse.Namespace) -> int:

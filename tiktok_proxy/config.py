@@ -70,7 +70,9 @@ class Settings:
     public_url: str = ""
     userinfo_url: str = DEFAULT_USERINFO_URL
     oidc_key: SigningKey | None = field(default=None, repr=False)
-    oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # still in the JWKS
+    # A rotation's other keys: both are published in the JWKS and open what they sealed; neither signs nor seals.
+    oidc_next_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # the keys that will sign next
+    oidc_previous_keys: tuple[SigningKey, ...] = field(default=(), repr=False)  # the keys signed with before
     oidc_redirect_uris: frozenset[str] = field(default_factory=frozenset)  # the relying parties' callbacks
     oidc_subject: str = "open_id"  # or union_id: the same sub across the developer's TikTok apps
     # Opt-in: TikTok has no email, so the `email` scope gets <sub>@<this domain>, never verified. Empty: no email.
@@ -116,6 +118,7 @@ GOOD_VALUES = {
     "TIKTOK_USERINFO_URL": "an https URL with its trailing slash, e.g. https://open.tiktokapis.com/v2/user/info/",
     "PUBLIC_URL": "the proxy's public https address, e.g. https://tiktok-oidc.example.com",
     "OIDC_SIGNING_KEY_FILE": "the path of a PEM private key from: python proxy.py oidc-keygen --out oidc-key.pem",
+    "OIDC_NEXT_KEY_FILES": "comma-separated paths of the PEM keys that will sign next, each readable",
     "OIDC_PREVIOUS_KEY_FILES": "comma-separated paths of the PEM keys signed with before",
     "OIDC_REDIRECT_URIS": "comma-separated redirect URIs of your relying parties, e.g. https://app.example.com/cb",
     "OIDC_SUBJECT": "open_id or union_id",
@@ -135,7 +138,7 @@ VARIABLES = frozenset(
         "LOG_LEVEL", "LOG_FORMAT", "REQUEST_TIMEOUT", "KEEP_ALIVE_TIMEOUT", "MAX_CONNECTIONS", "PROXY_SECRET",
         "METRICS_TOKEN", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "WEB_CONCURRENCY",
         # the OpenID Connect facade
-        "PUBLIC_URL", "OIDC_SIGNING_KEY_FILE", "OIDC_PREVIOUS_KEY_FILES", "OIDC_REDIRECT_URIS", "OIDC_SUBJECT",
+        "PUBLIC_URL", "OIDC_SIGNING_KEY_FILE", "OIDC_NEXT_KEY_FILES", "OIDC_PREVIOUS_KEY_FILES", "OIDC_REDIRECT_URIS", "OIDC_SUBJECT",
         "OIDC_EMAIL_DOMAIN", "TIKTOK_USERINFO_URL",
         # the Auth0 commands (setup-auth0, doctor, revoke-user), besides TIKTOK_CLIENT_KEY, PUBLIC_URL...
         "AUTH0_DOMAIN", "AUTH0_MGMT_CLIENT_ID", "AUTH0_MGMT_CLIENT_SECRET", "AUTH0_MGMT_TOKEN",
@@ -266,13 +269,14 @@ def oidc_settings(raw: Callable[[str], str | None], settings: Settings) -> Setti
                 f"OIDC_REDIRECT_URIS must use https (http only on a loopback host: 127.0.0.1, [::1], localhost), "
                 f"got {uri!r}",
             )
-    previous = [path.strip() for path in (raw("OIDC_PREVIOUS_KEY_FILES") or "").split(",") if path.strip()]
+    key, next_keys, previous_keys = rotation_keys(raw, key_file)
     return replace(
         settings,
         userinfo_url=userinfo_url,
         public_url=issuer_url(raw("PUBLIC_URL")),
-        oidc_key=signing_key("OIDC_SIGNING_KEY_FILE", key_file),
-        oidc_previous_keys=tuple(signing_key("OIDC_PREVIOUS_KEY_FILES", path) for path in previous),
+        oidc_key=key,
+        oidc_next_keys=next_keys,
+        oidc_previous_keys=previous_keys,
         oidc_redirect_uris=redirect_uris,
         oidc_subject=one_of("OIDC_SUBJECT", raw("OIDC_SUBJECT") or "open_id", OIDC_SUBJECTS),
         oidc_email_domain=email_domain(raw("OIDC_EMAIL_DOMAIN")),
@@ -314,6 +318,36 @@ def issuer_url(value: str | None) -> str:
     return upstream_url("PUBLIC_URL", value).rstrip("/")
 
 
+def rotation_keys(
+    raw: Callable[[str], str | None], key_file: str
+) -> tuple[SigningKey, tuple[SigningKey, ...], tuple[SigningKey, ...]]:
+    """The current key, the next ones and the previous ones (docs/oidc.md, Key rotation), each in one role only.
+
+    One key in two roles is a slip in a rotation's steps (a key promoted but left among the next ones, say). The
+    keys themselves are compared, not the paths: two files can hold the same key."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    roles = {
+        "OIDC_SIGNING_KEY_FILE": [key_file],
+        "OIDC_NEXT_KEY_FILES": comma_list(raw("OIDC_NEXT_KEY_FILES")),
+        "OIDC_PREVIOUS_KEY_FILES": comma_list(raw("OIDC_PREVIOUS_KEY_FILES")),
+    }
+    keys: dict[str, list[SigningKey]] = {}
+    seen: dict[bytes, str] = {}  # each public key, and where it was first found
+    for name, paths in roles.items():
+        keys[name] = []
+        for path in paths:
+            key = signing_key(name, path)
+            public = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            if public in seen:
+                raise ConfigError(name, f"{name}: {path!r} holds the same key as {seen[public]}: a key is the "
+                                  "current one, a next one or a previous one, never two of these")  # fmt: skip
+            seen[public] = f"{name} ({path!r})"
+            keys[name].append(key)
+    (current,) = keys["OIDC_SIGNING_KEY_FILE"]
+    return current, tuple(keys["OIDC_NEXT_KEY_FILES"]), tuple(keys["OIDC_PREVIOUS_KEY_FILES"])
+
+
 def signing_key(name: str, path: str) -> SigningKey:
     """A PEM private key the facade can sign with. Messages name the file, never anything in it."""
     from cryptography.exceptions import UnsupportedAlgorithm
@@ -353,8 +387,12 @@ def bounded(
     return number
 
 
+def comma_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def comma_set(value: str | None) -> frozenset[str]:
-    return frozenset(item.strip() for item in (value or "").split(",") if item.strip())
+    return frozenset(comma_list(value))
 
 
 def split_scopes(scope: str) -> list[str]:

@@ -3,7 +3,7 @@
 app.py mounts its routes (`facade.routes`) only when OIDC_SIGNING_KEY_FILE is set:
 
     GET  /.well-known/openid-configuration  discovery; the issuer is PUBLIC_URL, exactly
-    GET  /oidc/jwks                          the public keys: the current one, then the previous ones
+    GET  /oidc/jwks                          the public keys: the current one, then the next and the previous ones
     GET  /oidc/authorize                     the relying party's request → TikTok's authorize page
     GET  /oidc/callback                      TikTok's redirect back → the relying party, with a sealed code
     POST /oidc/token                         a sealed code or a refresh token → TikTok's tokens plus an ID token

@@ -1,4 +1,4 @@
-"""The facade's routes, each step bound to one Provider built from the settings."""
+"""The facade's routes, each step bound to the one Provider built from the settings."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from functools import partial
 
 from starlette.routing import Route
 
-from ..config import Settings
 from .authorize import authorize, callback
 from .provider import CALLBACK_PATH, Provider
 from .token import token, userinfo
 
 
-def routes(settings: Settings) -> list[Route]:
-    provider = Provider(settings)
+def routes(provider: Provider) -> list[Route]:
     return [
         Route("/.well-known/openid-configuration", provider.configuration, methods=["GET"]),
         Route("/oidc/jwks", provider.keys, methods=["GET"]),

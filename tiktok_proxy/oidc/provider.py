@@ -30,10 +30,14 @@ class Provider:
         self.settings = settings
         self.issuer = settings.public_url
         self.callback_url = self.issuer + CALLBACK_PATH
-        keys = [settings.oidc_key, *settings.oidc_previous_keys]
-        signers = [Signer.of(key) for key in keys]
-        self.signer = signers[0]
-        secrets = [private_key_bytes(key) for key in keys]
+        # The current key signs and seals. The next keys (about to sign, in a rotation) and the previous ones are
+        # published and open what they sealed: any instance of a fleet part-way through a rollout, old or new,
+        # then verifies and opens what any other made (docs/oidc.md, Key rotation).
+        self.signer = Signer.of(settings.oidc_key)
+        self.next_signers = [Signer.of(key) for key in settings.oidc_next_keys]
+        self.previous_signers = [Signer.of(key) for key in settings.oidc_previous_keys]
+        signers = [self.signer, *self.next_signers, *self.previous_signers]
+        secrets = [private_key_bytes(signer.key) for signer in signers]
         self.states, self.codes = Sealer("state", secrets), Sealer("code", secrets)
         self.jwks = jwks(signers)
         # TikTok has no email: the facade's made-up one is there only when OIDC_EMAIL_DOMAIN is set.
@@ -56,6 +60,14 @@ class Provider:
             "claims_parameter_supported": False,
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
+        }
+
+    def kids(self) -> dict[str, str | None]:
+        """The keys in use, by role, for the startup line: which one signs, and which others are published."""
+        return {
+            "signing_kid": self.signer.kid,
+            "next_kids": ",".join(signer.kid for signer in self.next_signers) or None,
+            "previous_kids": ",".join(signer.kid for signer in self.previous_signers) or None,
         }
 
     async def configuration(self, request: Request) -> Response:

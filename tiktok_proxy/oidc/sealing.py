@@ -4,7 +4,8 @@ The OIDC state sent to TikTok and the code given to the relying party are sealed
 encryption: unreadable and unchangeable by whoever holds them), with an expiry inside. So the facade keeps
 no state, and any instance can serve any step. The AES keys are derived with HKDF from the signing keys, one per
 purpose, so a sealed state can never be used as a code or the other way round; unsealing also tries the
-previous keys, so a key rotation does not break logins in flight.
+next and the previous keys, so that no sign-in in flight breaks during a key rotation, even when the instances
+of a fleet are part-way through a rollout.
 """
 
 from __future__ import annotations
