@@ -657,24 +657,31 @@ def test_a_refresh_keeps_tiktoks_new_tokens_when_the_user_info_fails(
     assert caplog.records[-1].getMessage().endswith(" status=200 id_token=issued")
 
 
-def test_a_refresh_leaves_the_user_info_only_what_remains_of_tiktok_timeout(
-    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("grant", ["refresh_token", "authorization_code"])
+def test_tiktok_timeout_bounds_every_tiktok_call_of_a_token_request(
+    start_oidc: Callable[..., OIDCProxy], tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture, grant: str
 ) -> None:
-    """TIKTOK_TIMEOUT bounds the whole exchange with TikTok. After a slow refresh, the user info gets only the rest
-    of it: a relying party that waits that long still gets TikTok's new tokens, without an ID token."""
+    """TIKTOK_TIMEOUT bounds the whole exchange with TikTok: after a slow token call, the user info gets only the
+    rest of it. So the drain on SIGTERM covers the facade's requests, and a relying party that waits that long
+    still gets a refresh's new tokens (without an ID token); a code grant without its ID token is a 504."""
     caplog.set_level(logging.INFO, logger="tiktok_proxy")
     proxy = start_oidc()  # TIKTOK_TIMEOUT is PROXY_TIMEOUT, 1.5 s
     first = redeem(proxy, sign_in(proxy)["code"]).json()
+    code = sign_in(proxy)["code"]
     tiktok.token_delay = 1.0
     # About 1.2 s: within TIKTOK_TIMEOUT on its own, past it after the token call's second.
     tiktok.user_info_fault = drip(json.dumps(envelope_of_user()).encode()[:12], 0.1)
     with timer() as elapsed:
-        answer = refresh(proxy, first["refresh_token"])
-    assert answer.status_code == 200, answer.text
+        answer = refresh(proxy, first["refresh_token"]) if grant == "refresh_token" else redeem(proxy, code)
     assert elapsed() < PROXY_TIMEOUT + 0.4
-    refreshed = answer.json()
-    assert "id_token" not in refreshed and refreshed["refresh_token"] in tiktok.refresh_tokens
-    assert caplog.records[-1].getMessage().endswith(" status=200 id_token=omitted:timeout")
+    if grant == "refresh_token":
+        assert answer.status_code == 200, answer.text
+        refreshed = answer.json()
+        assert "id_token" not in refreshed and refreshed["refresh_token"] in tiktok.refresh_tokens
+        assert caplog.records[-1].getMessage().endswith(" status=200 id_token=omitted:temporarily_unavailable")
+    else:
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["error_description"] == f"TikTok did not answer within {PROXY_TIMEOUT:g} seconds"
 
 
 def envelope_of_user() -> dict[str, Any]:

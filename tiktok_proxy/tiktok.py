@@ -149,8 +149,7 @@ async def _call(request: Awaitable[Answer], url: str, timeout: float) -> Upstrea
         async with asyncio.timeout(timeout):
             answer = await request
     except TimeoutError:
-        metrics.upstream_failed("timeout")
-        raise OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds") from None
+        raise timed_out(timeout) from None
     except ConnectFailed as exc:
         metrics.upstream_failed(exc.kind)  # connect or tls
         raise OAuthError(502, "server_error", f"TikTok is unreachable: {exc}") from None
@@ -162,6 +161,11 @@ async def _call(request: Awaitable[Answer], url: str, timeout: float) -> Upstrea
         raise OAuthError(502, "server_error", f"the exchange with TikTok failed ({type(exc).__name__})") from None
     metrics.upstream_answered(time.perf_counter() - started)
     return upstream_reply(url, answer)
+
+
+def timed_out(timeout: float) -> OAuthError:
+    metrics.upstream_failed("timeout")
+    return OAuthError(504, "temporarily_unavailable", f"TikTok did not answer within {timeout:g} seconds")
 
 
 def upstream_reply(url: str, answer: Answer) -> UpstreamReply:

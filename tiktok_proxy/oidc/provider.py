@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -108,10 +109,21 @@ class Provider:
         access_token: str,
         granted: list[str] | None,
         refused: Callable[[OAuthError], OAuthError],
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """TikTok's user object; `refused` turns TikTok's refusal of the token into this endpoint's error."""
+        """TikTok's user object; `refused` turns TikTok's refusal of the token into this endpoint's error.
+
+        By `deadline` (the event loop's clock), or within TIKTOK_TIMEOUT: it bounds every call to TikTok that one
+        request makes (user info may take two), so that the drain on SIGTERM, REQUEST_TIMEOUT + TIKTOK_TIMEOUT,
+        covers the facade's requests too."""
+        timeout = self.settings.timeout
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + timeout
         try:
-            return await tiktok.user_info(request.state.upstream, self.settings, access_token, granted)
+            async with asyncio.timeout_at(deadline):
+                return await tiktok.user_info(request.state.upstream, self.settings, access_token, granted)
+        except TimeoutError:
+            raise tiktok.timed_out(timeout) from None
         except OAuthError as err:
             if err.status >= 500 or err.status == 429:
                 raise
