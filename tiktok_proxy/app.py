@@ -38,6 +38,7 @@ from .inbound import (
     read_body,
     unique_params,
 )
+from .listening import require_gate_where_listening
 from .logs import formatter, log, log_event, log_outcome, use_format_everywhere
 from .upstream import UpstreamClient
 
@@ -228,6 +229,7 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
                   gate=gate_mode(settings), metrics="on" if settings.metrics_token else "off",
                   oidc=settings.public_url if settings.oidc_key else "off")  # fmt: skip
         warn_about_the_gate(settings)
+        require_gate_where_listening(settings)  # however it was started: `uvicorn proxy:app --host 0.0.0.0` too
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
         gc.freeze()

@@ -394,5 +394,9 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as err:
-        print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
+        print_error(err)
         raise SystemExit(2) from None
+
+
+def print_error(err: ConfigError) -> None:
+    print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr, flush=True)
