@@ -20,6 +20,7 @@ RANK = {
     "tiktok_proxy.oidc.jose": 1,
     "tiktok_proxy.oidc.claims": 0,
     "tiktok_proxy.upstream": 1,
+    "tiktok_proxy.listening": 1,
     "tiktok_proxy.inbound": 2,
     "tiktok_proxy.tiktok": 2,
     "tiktok_proxy.oidc.binding": 2,

@@ -6,6 +6,7 @@ thread; the last tests start it as users do (`python proxy.py`, `uvicorn proxy:a
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -32,7 +33,7 @@ from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 from tiktok_proxy.serving import OpenFiles
 
-from conftest import ServerThread, free_port, timer, wait_until_healthy
+from conftest import ServerThread, free_port, oidc_env, timer, wait_until_healthy
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REDIRECT_URI, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -453,6 +454,72 @@ def test_pipelined_requests_are_answered_in_order_and_none_is_lost(
     assert len([line for line in proxy_lines(caplog) if line.startswith("event=token outcome=ok")]) == 2
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
+
+
+def test_more_pipelined_requests_than_are_parsed_ahead_are_all_answered_in_order(
+    limited: ServerThread, tiktok: TikTokStandIn
+) -> None:
+    """Past PIPELINE_DEPTH waiting, the rest of a read waits unparsed, and is parsed as the answers go out."""
+    exchanges = range(0, 60, 6)
+    requests = [token_request(tiktok) if index in exchanges else HEALTHZ for index in range(60)]
+    with connect(limited) as sock:
+        sock.sendall(b"".join(requests) + HEALTHZ.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        answers = split_answers(read_to_end(sock))
+    assert len(answers) == 61 and all(code == 200 for code, _, _ in answers)
+    assert all(("access_token" in body) == (index in exchanges) for index, (_, _, body) in enumerate(answers))
+    assert len(tiktok.seen) == len(exchanges)
+
+
+def chunked_token_request(form: str, trailers: bytes, *, pad: int = 0, auth: bytes = b"") -> bytes:
+    """A token request with a chunked body, its trailer section, and `pad` bytes of padding in its head."""
+    head = b"POST /proxy/token HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    head += b"Transfer-Encoding: chunked\r\nX-Pad: " + b"p" * pad + b"\r\n" + auth + b"Connection: close\r\n\r\n"
+    return head + b"%x\r\n%s\r\n0\r\n" % (len(form), form.encode()) + trailers + b"\r\n"
+
+
+def test_trailer_fields_are_never_taken_for_header_fields(limited: ServerThread, tiktok: TikTokStandIn) -> None:
+    """uvicorn adds trailer fields to the request's headers, where the app would take them for header fields (RFC
+    9110, 6.5.1): client credentials sent as a trailer field are not seen, the same sent as a header field are."""
+    authorization = b"Authorization: Basic " + base64.b64encode(f"{CLIENT_KEY}:{CLIENT_SECRET}".encode()) + b"\r\n"
+    for trailers, auth, status in ((authorization, b"", 400), (b"X-Trailer: 1\r\n", authorization, 200)):
+        form = f"grant_type=authorization_code&code={tiktok.issue_code()}&redirect_uri={REDIRECT_URI}"
+        with connect(limited) as sock:
+            sock.sendall(chunked_token_request(form, trailers, auth=auth))
+            code, _, body = parse(read_to_end(sock))
+        assert code == status, body
+    assert len(tiktok.seen) == 1
+
+
+def test_a_malformed_chunk_gets_a_400_and_only_one_log_line(
+    limited: ServerThread, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    with connect(limited) as sock:
+        sock.sendall(chunked_token_request("grant_type=client_credentials", b"").replace(b"\r\n0\r\n", b"\r\nzz\r\n"))
+        assert_refusal(read_to_end(sock), 400)
+    time.sleep(0.2)  # the app sees the cut as a disconnect: give it the time to (wrongly) log it
+    assert proxy_lines(caplog) == ["event=refused reason=malformed status=400"]  # not also the app's 400
+
+
+@pytest.mark.parametrize(("trailer_bytes", "status"), [(5000, 200), (9000, 431)])
+def test_trailer_fields_count_toward_the_head_cap(
+    limited: ServerThread, tiktok: TikTokStandIn, caplog: pytest.LogCaptureFixture, trailer_bytes: int, status: int
+) -> None:
+    """A 9 KiB head with 5 KB of trailer fields is served; with 9 KB, over 16 KiB together, it gets a 431."""
+    form = f"grant_type=authorization_code&client_id={CLIENT_KEY}&client_secret={CLIENT_SECRET}"
+    form += f"&code={tiktok.issue_code()}&redirect_uri={REDIRECT_URI}"
+    with connect(limited) as sock:
+        sock.sendall(chunked_token_request(form, b"X-Trailer: " + b"t" * trailer_bytes + b"\r\n", pad=9 * 1024))
+        raw = read_to_end(sock)
+    if status == 431:
+        assert_refusal(raw, 431)
+        time.sleep(0.2)  # the app sees the cut as a disconnect: give it the time to (wrongly) log it
+        assert proxy_lines(caplog) == ["event=refused reason=head status=431 max_head_bytes=16384"]  # one line
+        assert tiktok.seen == []
+    else:
+        assert parse(raw)[0] == 200
+
+
 @pytest.mark.parametrize(
     "upgrade",
     [b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
@@ -555,6 +622,115 @@ def test_the_limits_hold_however_the_proxy_is_started(
     )
     assert "is not well below this process's open-file limit" not in output
     assert "Traceback" not in output and MARKER not in output
+
+
+EIGHT_MIB = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def own_process(
+    stand_in_server: tuple[TikTokStandIn, ServerThread],
+    key_files: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """`python proxy.py`, as users start it, with the OpenID Connect facade on and REQUEST_TIMEOUT=2: its process,
+    its port and its log."""
+    _, tiktok_server = stand_in_server
+    port, folder = free_port(), tmp_path_factory.mktemp("own-process")
+    env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", "REQUEST_TIMEOUT": "2",
+           **oidc_env(tiktok_server.url, key_files["rsa"], PUBLIC_URL=f"http://127.0.0.1:{port}")}  # fmt: skip
+    with (folder / "proxy.log").open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "proxy.py"), "--port", str(port)],
+            env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)
+        yield process, port, folder / "proxy.log"
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert "Traceback" not in (folder / "proxy.log").read_text()
+
+
+def client_credentials_exchange(port: int) -> float:
+    """One token exchange on a connection of its own; how long it took."""
+    form = f"grant_type=client_credentials&client_key={CLIENT_KEY}&client_secret={CLIENT_SECRET}"
+    with connect(port) as sock, timer() as elapsed:
+        sock.sendall(
+            TOKEN_REQUEST.format(length=len(form), form=form)
+            .encode()
+            .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        )
+        ((code, _, body),) = split_answers(read_to_end(sock))
+        assert code == 200 and body["access_token"].startswith("clt."), body
+        return elapsed()
+
+
+@pytest.mark.parametrize("path", ["/proxy/token", "/oidc/token"])
+@pytest.mark.parametrize(
+    "trailer", [b"a:b\r\n" * 13107, b"X-Endless: " + b"a" * 65525], ids=["short fields", "one endless field"]
+)
+def test_8_mib_of_trailer_fields_get_a_431_and_the_worker_stays_flat(
+    own_process: tuple[subprocess.Popen[str], int, Path], path: str, trailer: bytes
+) -> None:
+    """Before, they went into the request's headers, uncounted: 8 MiB of short ones grew the worker by 195 MiB."""
+    process, port, _ = own_process
+    before = vm_hwm_kib(process.pid)
+    with connect(port) as sock, timer() as elapsed:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=b\r\n0\r\n".encode()
+        )
+        sent = 0
+        while sent < EIGHT_MIB and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(trailer[: EIGHT_MIB - sent])  # 64 KiB of trailer fields at a time
+            sent += len(trailer)
+        assert select.select([sock], [], [], 2)[0], f"no answer after {sent} bytes of trailer fields"
+        assert_refusal(read_to_end(sock), 431)
+        assert elapsed() < 3
+    assert vm_hwm_kib(process.pid) - before < 4 * 1024
+
+
+def test_a_pipelining_client_that_never_reads_is_cut_and_the_worker_stays_flat(
+    own_process: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    """Tiny pipelined requests, sent as fast as the proxy reads them, their answers never read. Before, each one read
+    became a request waiting in memory (8 MiB of them grew the worker by 611 MiB, as plain uvicorn's would), and
+    the connection stayed open for as long as the client liked. Now at most PIPELINE_DEPTH wait parsed, what else was read
+    waits unparsed and nothing more is read, and answers left unread for REQUEST_TIMEOUT (2 s) end the connection.
+    Meanwhile other connections are served promptly."""
+    process, port, log = own_process
+    client_credentials_exchange(port)  # the first exchange opens the pool to TikTok: not counted as growth
+    before = vm_hwm_kib(process.pid)
+    flooder = socket.create_connection(("127.0.0.1", port))
+    flooder.setblocking(False)
+    requests, sent, cut_after, served = HEALTHZ * 2048, 0, 0.0, []
+    with timer() as elapsed:
+        checked = 0.0
+        while elapsed() < 10:
+            try:
+                if sent < EIGHT_MIB:
+                    sent += flooder.send(requests[sent % len(requests) :])
+                elif flooder.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # all sent, and then reset
+                    raise ConnectionResetError
+                else:
+                    time.sleep(0.01)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:  # reset: the proxy cut it
+                cut_after = elapsed()
+                break
+            if elapsed() - checked > 0.25:  # meanwhile, on connections of their own
+                checked = elapsed()
+                with connect(port) as sock, timer() as healthz:
+                    sock.sendall(HEALTHZ.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                    assert parse(read_to_end(sock))[0] == 200
+                    served += [healthz(), client_credentials_exchange(port)]
+    flooder.close()
+    assert 2 <= cut_after < 8, f"sent {sent} bytes; cut after {cut_after:.1f} s"
+    assert len(served) >= 8 and max(served) < 0.5, served
+    assert vm_hwm_kib(process.pid) - before < 4 * 1024
+    assert log.read_text().count("event=closed reason=not_reading request_timeout=2.0") == 1
 
 
 def flood(port: int, seconds: float, flooders: int) -> dict[str, Any]:

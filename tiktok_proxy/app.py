@@ -38,6 +38,7 @@ from .inbound import (
     read_body,
     unique_params,
 )
+from .listening import require_gate_where_listening
 from .logs import formatter, log, log_event, log_outcome, use_format_everywhere
 from .upstream import UpstreamClient
 
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> RelayedRoutes:
         for warning in settings.warnings:  # a misspelt name, a secret that cannot be real (config.py)
             log.warning(warning)
         warn_about_the_gate(settings)
+        require_gate_where_listening(settings)  # however it was started: `uvicorn proxy:app --host 0.0.0.0` too
         # Everything allocated so far lives for the whole process: keep the collector from rescanning it,
         # which otherwise shows up as latency spikes under load.
         gc.freeze()

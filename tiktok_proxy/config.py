@@ -542,8 +542,12 @@ def settings_or_exit() -> Settings:
     except ConfigError as err:
         for warning in configuration_warnings(os.environ):  # a misspelling may be the cause: say it first
             print(f"tiktok-token-proxy: warning: {warning}", file=sys.stderr)
-        print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
+        print_error(err)
         raise SystemExit(2) from None
+
+
+def print_error(err: ConfigError) -> None:
+    print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr, flush=True)
 
 
 NGROK_AUTHTOKEN_PAGE = "https://dashboard.ngrok.com/get-started/your-authtoken"

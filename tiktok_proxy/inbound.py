@@ -19,8 +19,8 @@ from . import metrics
 from .config import Settings
 from .errors import OAuthError, invalid_request, missing
 
-# Set in the request's state by serving.py when REQUEST_TIMEOUT cuts the body: the disconnect the app then sees
-# is that cut, already answered (408) and logged there.
+# Set in the request's state by serving.py when it cuts the body (REQUEST_TIMEOUT, a malformed chunk, trailer fields
+# past the head cap): the disconnect the app then sees is that cut, already answered (408, 400, 431) and logged there.
 CUT_BY_DEADLINE = "cut_by_deadline"
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELDS = 64

@@ -26,7 +26,10 @@ from .errors import OAuthError
 from .inbound import CUT_BY_DEADLINE
 from .logs import log, log_event
 
-MAX_HEAD_BYTES = 16 * 1024  # request line and headers; Auth0's are under 2 KiB
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers, and any trailer fields; Auth0's are under 2 KiB
+# Pipelined requests parsed ahead of their answers, at most (nginx parses one at a time); the rest of what was read
+# waits unparsed, and nothing more is read, until their turn comes.
+PIPELINE_DEPTH = 4
 # After an early answer (413, 431, 503...), what the client still sends is read and dropped, within these bounds.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
@@ -86,7 +89,9 @@ class LimitedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol, plus the limits. Every close goes through `_close`, via the transport wrapper.
 
     Answers go out in request order: a refusal for a later, pipelined request (400, 431) waits until the answers
-    before it are written (`held`), and nothing more is read meanwhile."""
+    before it are written (`held`), and nothing more is read meanwhile. At most PIPELINE_DEPTH pipelined requests
+    wait parsed; what else was read waits unparsed (`unread`), and nothing more is read, until their turn. Answers
+    the client does not take for REQUEST_TIMEOUT (writing paused) end the connection."""
 
     limits: ClassVar[Limits]
 
@@ -109,12 +114,22 @@ class LimitedProtocol(HttpToolsProtocol):
         self.keep_alive_once_read = False  # what the request asked for, granted once its whole body is in
         self.close_when_answered = False  # shutting down, or the client half-closed: end after the answers due
         self.held: bytes | None = None  # a refusal waiting for the answers before it
+        self.unread, self.unread_at = b"", 0  # read but not parsed yet (from unread_at on): the queue was full
+        self.stalled: asyncio.TimerHandle | None = None  # runs while answers wait for the client to read them
+        # A chunk header with no data after it yet: the last chunk has none, and trailer fields follow it, which
+        # count toward the head cap as they arrive (trailer_bytes) and once parsed (on_chunk_complete).
+        self.maybe_trailers = False
+        self.trailer_bytes = 0
+        self.fields = 0  # the request's header fields, before any trailer field
+        self.answering: Any = None  # the pipelined request being answered, which uvicorn's connection_lost misses
         self.refused = False  # over MAX_CONNECTIONS: answered 503, not among the connections served
         self.lingering: asyncio.TimerHandle | None = None
         self.discarded = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.raw = transport
+        # Writing pauses as soon as the kernel will not take an answer whole: the client is not reading it.
+        transport.set_write_buffer_limits(high=0)
         # uvicorn closes the transport itself (after a `Connection: close` answer, a parse error...): the
         # wrapper routes those closes through _close, which lingers when the client may still be sending.
         super().connection_made(_ClosesThrough(transport, self))  # type: ignore[arg-type]
@@ -149,12 +164,15 @@ class LimitedProtocol(HttpToolsProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self.deadline, self.lingering):
+        for timer in (self.deadline, self.lingering, self.stalled):
             if timer is not None:
                 timer.cancel()
         if self.lingering is not None and self.refused:
             self.limits.lingering -= 1
         self.limits.idle.pop(self, None)
+        if self.answering is not None and not self.answering.response_complete:
+            self.answering.disconnected = True  # or its answer would be written to the closed transport
+            self.answering.message_event.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -163,23 +181,42 @@ class LimitedProtocol(HttpToolsProtocol):
             if self.discarded > LINGER_BYTES:
                 self.raw.close()
             return
-        if self.held is not None:
-            self.raw.pause_reading()  # uvicorn resumed reading for a request of its own: the refusal still waits
-            return
         self.limits.idle.pop(self, None)
         if self.deadline is None and self._can_answer():
             self._arm_deadline()  # a new request on a kept-alive connection: its time starts now
-        # The parser buffers a header line that never ends, so it gets at most MAX_HEAD_BYTES of a head; the rest
-        # goes in slices too, so that a request ending mid-read leaves at most one slice of the next head uncounted.
-        while data and self.held is None and not self.transport.is_closing():
-            room = MAX_HEAD_BYTES - self.head_bytes if self.in_head else MAX_HEAD_BYTES
-            if room == 0:
+        self._parse(data)
+
+    def _parse(self, data: bytes, start: int = 0) -> None:
+        """Feed the parser data[start:], in slices:
+        - at most MAX_HEAD_BYTES of a head, or of trailer fields: the parser buffers a header line that never ends.
+          The rest goes in slices too, so that a request ending mid-slice leaves at most one slice uncounted.
+        - one head at a time when a slice holds several (pipelining), so that the queue is looked at between
+          them: past PIPELINE_DEPTH requests waiting, the rest waits in `unread`, and reading pauses."""
+        size = len(data)
+        while start < size and self.held is None and not self.transport.is_closing():
+            if len(self.pipeline) >= PIPELINE_DEPTH:
+                self.unread, self.unread_at = data, start
+                self.raw.pause_reading()
+                return
+            if self.in_head:
+                room = MAX_HEAD_BYTES - self.head_bytes
+            elif self.maybe_trailers:
+                room = MAX_HEAD_BYTES - self.head_size - self.trailer_bytes
+            else:
+                room = MAX_HEAD_BYTES
+            if room <= 0:
                 self._refuse_head()
                 return
-            piece, data = data[:room], data[room:]
+            stop = min(size, start + room)
+            end = data.find(b"\r\n\r\n", start, stop) + 4  # every head ends so (the parser requires CRLF)
+            if end > 3 and data.find(b"\r\n\r\n", end, stop) != -1:
+                stop = end  # another head may end in this slice: this one first
             if self.in_head:
-                self.head_bytes += len(piece)
-            super().data_received(piece)
+                self.head_bytes += stop - start
+            elif self.maybe_trailers:
+                self.trailer_bytes += stop - start
+            super().data_received(data[start:stop])
+            start = stop
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -204,6 +241,25 @@ class LimitedProtocol(HttpToolsProtocol):
             self.keep_alive_once_read = self.cycle.keep_alive and not self.close_when_answered
             self.cycle.keep_alive = False
 
+    def on_chunk_header(self) -> None:
+        self.maybe_trailers, self.trailer_bytes, self.fields = True, 0, len(self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        self.maybe_trailers = False
+        super().on_body(body)
+
+    def on_chunk_complete(self) -> None:
+        if not self.maybe_trailers:
+            return
+        # The trailer section is complete. uvicorn adds its fields to the request's headers, where the app would
+        # take them for header fields: drop them (RFC 9112, 7.1.2 allows it), and count them toward the head cap.
+        self.maybe_trailers = False
+        trailers = self.headers[self.fields :]
+        del self.headers[self.fields :]
+        self.head_size += sum(len(name) + len(value) + 4 for name, value in trailers)
+        if self.head_size > MAX_HEAD_BYTES:
+            raise Refused  # send_400_response answers 431
+
     def on_message_complete(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
@@ -214,7 +270,16 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self.pipeline:
+            self.answering = self.pipeline[-1][0]
         super().on_response_complete()  # starts the next pipelined request, if one is waiting
+        if self.transport.is_closing():
+            return
+        if self.unread:  # a place in the queue is free: parse what waits, and read again once none waits
+            data, self.unread = self.unread, b""
+            self._parse(data, self.unread_at)
+            if not self.flow.read_paused:
+                self.transport.resume_reading()
         if self.transport.is_closing() or not self._can_answer():
             return
         if self.held is not None:  # the answers before the refusal are out: now the refusal, then the end
@@ -227,6 +292,24 @@ class LimitedProtocol(HttpToolsProtocol):
             self._arm_deadline()
         elif not self.head_bytes:
             self.limits.idle[self] = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.stalled is None:
+            self.stalled = self.loop.call_later(self.limits.request_timeout, self._not_reading)
+
+    def resume_writing(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        super().resume_writing()
+
+    def _not_reading(self) -> None:
+        """The client has not taken its answers for REQUEST_TIMEOUT: drop them and end the connection (a close would
+        wait for them to be read)."""
+        self.stalled = None
+        log_event(logging.WARNING, event="closed", reason="not_reading", request_timeout=self.limits.request_timeout)
+        self.raw.abort()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP/1.1 (text/plain there): an OAuth error in JSON here."""
@@ -271,11 +354,16 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._can_answer():
             description = f"the whole request must arrive within {seconds:g} s (REQUEST_TIMEOUT)"
             self._answer(408, "invalid_request", description)
-        if not self.in_head:  # the app is waiting for the rest of the body: tell it why it will not come
-            self.cycle.scope.setdefault("state", {})[CUT_BY_DEADLINE] = True
+        if not self.in_head:
+            self._cut_body()
         log_event(logging.WARNING, event="refused", reason="deadline", status=408, phase=phase, request_timeout=seconds)
         metrics.refused("deadline")
         self.raw.close()  # no lingering: the client has had its time
+
+    def _cut_body(self) -> None:
+        """The app is waiting for the rest of the body, which will not come: tell it that this was answered and
+        logged here, so that the disconnect it sees is not logged again."""
+        self.cycle.scope.setdefault("state", {})[CUT_BY_DEADLINE] = True
 
     def _refuse_head(self) -> None:
         log_event(logging.WARNING, event="refused", reason="head", status=431, max_head_bytes=MAX_HEAD_BYTES)
@@ -284,6 +372,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, error: str, description: str) -> None:
         """Answer with this error and end the connection, after the answers owed to the requests before it."""
+        if not self.in_head:  # e.g. a malformed chunk, or trailer fields past the head cap
+            self._cut_body()
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
@@ -349,7 +439,12 @@ class _ClosesThrough:
         self.write = transport.write
         self.get_extra_info = transport.get_extra_info
         self.pause_reading = transport.pause_reading
-        self.resume_reading = transport.resume_reading
+
+    def resume_reading(self) -> None:
+        """uvicorn resumes reading after each answer and each read of a body; not while a refusal waits for the
+        answers before it, nor while what was read waits unparsed."""
+        if self.protocol.held is None and not self.protocol.unread:
+            self.transport.resume_reading()
 
     def close(self) -> None:
         self.protocol._close()
