@@ -13,9 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn.config
 
 import proxy
-from tiktok_proxy.config import load_settings
+from tiktok_proxy.config import STARTUP_FAILURE, load_settings
 from tiktok_proxy.logs import logfmt
 
 from conftest import ServerThread, free_port, wait_until_healthy
@@ -57,6 +58,28 @@ def test_bad_configuration_stops_startup_with_one_line(command: list[str], tmp_p
     assert (
         result.stderr.strip() == "tiktok-token-proxy: configuration error: TIKTOK_TIMEOUT must be a number, got 'ten'"
     )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_bad_configuration_stops_uvicorns_own_workers_instead_of_restarting_them_for_ever(tmp_path: Path) -> None:
+    """uvicorn's supervisor starts a worker again after any exit but its startup-failure status: a configuration
+    error in `uvicorn proxy:app --workers 2` used to fail, print its line and restart, for as long as it ran."""
+    assert STARTUP_FAILURE == uvicorn.config.STARTUP_FAILURE
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO), "--port", str(free_port()), "proxy:app"]
+    result = subprocess.run(
+        [*command, "--workers", "2"],
+        env=clean_env(TIKTOK_TIMEOUT="ten"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = [line for line in result.stderr.splitlines() if "configuration error" in line]
+    assert lines and set(lines) == {
+        "tiktok-token-proxy: configuration error: TIKTOK_TIMEOUT must be a number, got 'ten'"
+    }
+    assert len(lines) <= 2, result.stderr  # once per worker, never again
+    assert "failed to start, stopping the parent process" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 

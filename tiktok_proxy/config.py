@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import multiprocessing
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ DEFAULT_TOKEN_URL = "https://open.tiktokapis.com/v2/oauth/token/"
 DEFAULT_AUTHORIZE_URL = "https://www.tiktok.com/v2/auth/authorize/"
 DEFAULT_REVOKE_URL = "https://open.tiktokapis.com/v2/oauth/revoke/"
 DEFAULT_USERINFO_URL = "https://open.tiktokapis.com/v2/user/info/"
+STARTUP_FAILURE = 3  # uvicorn's exit status for an app that cannot start (uvicorn.config.STARTUP_FAILURE)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OIDC_SUBJECTS = ("open_id", "union_id")
 if TYPE_CHECKING:  # cryptography loads only once the OpenID Connect facade is on: the token route never needs it
@@ -543,7 +545,9 @@ def settings_or_exit() -> Settings:
         for warning in configuration_warnings(os.environ):  # a misspelling may be the cause: say it first
             print(f"tiktok-token-proxy: warning: {warning}", file=sys.stderr)
         print_error(err)
-        raise SystemExit(2) from None
+        # In a worker of uvicorn's own supervisor (`uvicorn proxy:app --workers N`), any other status has it start the
+        # worker again, and fail again, for ever: its startup-failure status (3) stops it.
+        raise SystemExit(STARTUP_FAILURE if multiprocessing.parent_process() else 2) from None
 
 
 def print_error(err: ConfigError) -> None:

@@ -15,9 +15,7 @@ import stat
 from dataclasses import replace
 from typing import Any
 
-from uvicorn.config import STARTUP_FAILURE
-
-from .config import ConfigError, Settings, has_gate, print_error, require_gate_off_loopback
+from .config import STARTUP_FAILURE, ConfigError, Settings, has_gate, print_error, require_gate_off_loopback
 
 OPEN_FILES = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 WATCH_SECONDS = 1.0  # how long to wait, at most, for uvicorn to listen once the app has started
