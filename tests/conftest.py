@@ -29,6 +29,7 @@ from tiktok_proxy.config import Settings, load_settings
 from tiktok_proxy.oidc.jose import Signer, generate_pem, private_key_bytes
 from tiktok_proxy.oidc.sealing import Sealer
 
+from stand_ins.auth0_management import Auth0StandIn
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, REVOKE_PATH, TOKEN_PATH, USER_INFO_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
@@ -174,6 +175,23 @@ def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     kinds: list[str] = []
     monkeypatch.setattr(metrics, "upstream_failed", kinds.append)
     return kinds
+
+
+# ------------------------------------------------------------------------------ Auth0's Management API
+
+
+@pytest.fixture(scope="module")
+def auth0_server() -> Iterator[tuple[Auth0StandIn, ServerThread]]:
+    stand_in = Auth0StandIn()
+    with ServerThread(stand_in.app()) as server:
+        yield stand_in, server
+
+
+@pytest.fixture
+def auth0(auth0_server: tuple[Auth0StandIn, ServerThread]) -> Auth0StandIn:
+    stand_in, _ = auth0_server
+    stand_in.__init__()  # type: ignore[misc]  # a clean tenant for every test
+    return stand_in
 
 
 # ------------------------------------------------------------------------------ browser journeys

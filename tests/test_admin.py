@@ -28,20 +28,6 @@ NEW_GATE_SECRET = "a-brand-new-gate-secret-value"  # the next value, during a ro
 SCRIPT = (REPO / "tiktok_proxy" / "auth0" / "fetch-user-profile.js").read_text()
 
 
-@pytest.fixture(scope="module")
-def auth0_server() -> Iterator[tuple[Auth0StandIn, ServerThread]]:
-    stand_in = Auth0StandIn()
-    with ServerThread(stand_in.app()) as server:
-        yield stand_in, server
-
-
-@pytest.fixture
-def auth0(auth0_server: tuple[Auth0StandIn, ServerThread]) -> Auth0StandIn:
-    stand_in, _ = auth0_server
-    stand_in.__init__()  # type: ignore[misc]  # a clean tenant for every test
-    return stand_in
-
-
 @pytest.fixture
 def env(
     auth0_server: tuple[Auth0StandIn, ServerThread], stand_in_server: tuple[TikTokStandIn, ServerThread]

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from tiktok_proxy.auth0.doctor import PROBE_CODE
 from tiktok_proxy.config import ConfigError, NgrokSettings, Settings, require_gate_off_loopback
 from tiktok_proxy.dev import TUNNEL, refusal
 
-from conftest import ServerThread, free_port
+from conftest import LocalhostTLS, ServerThread, free_port
 from stand_ins.auth0_management import MGMT_CLIENT_ID, MGMT_CLIENT_SECRET, Auth0StandIn
 from stand_ins.ngrok import AUTHTOKEN, DOMAIN
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, REVOKE_PATH, TOKEN_PATH, TikTokStandIn
@@ -39,27 +38,10 @@ WRONG_AUTHTOKEN = "2SomeoneElsesNgrokAuthtoken_9876543210zyxw"
 SECRETS = (AUTHTOKEN, WRONG_AUTHTOKEN, CLIENT_SECRET, MGMT_CLIENT_SECRET, GATE_SECRET)
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """The front door's certificate and key (localhost), and the CA that dev's doctor is told to trust."""
-    ca, folder = trustme.CA(), tmp_path_factory.mktemp("front-door")
-    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    return str(folder / "server.pem"), str(folder / "ca.pem")
-
-
-@pytest.fixture(scope="module")
-def auth0_server() -> Iterator[tuple[Auth0StandIn, ServerThread]]:
-    stand_in = Auth0StandIn()
-    with ServerThread(stand_in.app()) as server:
-        yield stand_in, server
-
-
 @pytest.fixture
-def auth0(auth0_server: tuple[Auth0StandIn, ServerThread]) -> Auth0StandIn:
-    stand_in, _ = auth0_server
-    stand_in.__init__()  # type: ignore[misc]  # a clean tenant for every test
-    return stand_in
+def certificates(localhost_tls: LocalhostTLS) -> tuple[str, str]:
+    """The front door's certificate and key (localhost), and the CA that dev's doctor is told to trust."""
+    return localhost_tls.cert_file, localhost_tls.ca_file
 
 
 class DevRun:
