@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -103,11 +105,29 @@ def debian_command(name: str, package: str) -> str:
     return found
 
 
+def ports_to_hand_out() -> Iterator[int]:
+    """The ports below the kernel's ephemeral range, which it gives to no connection and no bind to port 0, once
+    round from a random start: the concurrent pytest processes of scripts/test walk them apart."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = range(max(1024, low - 16384), low)
+    start = secrets.randbelow(len(ports))  # not `random`, which a test may have seeded
+    return itertools.chain(ports[start:], ports[:start])
+
+
+PORTS = ports_to_hand_out()
+
+
 def free_port() -> int:
-    """A port with nothing listening on it, for connection-refused cases."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port with nothing bound to it, for a server a test starts, or for a connection refused. Not the kernel's
+    pick (port 0): a connection or server elsewhere could be given that port before the test's server binds it."""
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken, or left in TIME_WAIT
+            return port
+    raise RuntimeError("every port below the ephemeral range has been handed out")
 
 
 @pytest.fixture(scope="session")

@@ -155,6 +155,7 @@ def rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
+@pytest.mark.alone  # measures the proxy's memory
 def test_memory_and_connections_return_to_baseline_after_faults(upstream: FaultyUpstream, tmp_path: Path) -> None:
     port = free_port()
     env = {"PATH": os.environ["PATH"], "TIKTOK_TOKEN_URL": upstream.url, "TIKTOK_TIMEOUT": "1", "LOG_LEVEL": "ERROR"}
@@ -303,6 +304,7 @@ def assert_next_exchange_on_a_new_connection(client: httpx.Client, upstream: Fau
     ],
     ids=["one-header", "many-headers", "interim-heads"],
 )
+@pytest.mark.alone  # measures latency under the load it makes
 def test_a_head_that_never_ends_is_cut_at_64_kib_while_the_worker_keeps_answering(
     faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, behaviour: object
 ) -> None:
