@@ -22,7 +22,7 @@ import pytest
 from tiktok_proxy.app import create_app
 from tiktok_proxy.config import Settings
 
-from conftest import PROXY_TIMEOUT, ServerThread, free_port, timer, wait_until_healthy
+from conftest import PROXY_TIMEOUT, TLS, ServerThread, free_port, timer, wait_until_healthy
 from stand_ins.faulty_upstream import (
     TOKEN,
     FaultyUpstream,
@@ -165,7 +165,7 @@ def test_memory_and_connections_return_to_baseline_after_faults(upstream: Faulty
         wait_until_healthy(f"http://127.0.0.1:{port}", process)
 
         def exchange(_: int) -> int:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as own:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, verify=TLS) as own:
                 return own.post("/proxy/token", data=GRANT).status_code
 
         upstream.behaviour = answer(200, TOKEN)
