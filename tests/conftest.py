@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -33,6 +35,9 @@ from stand_ins.auth0_management import Auth0StandIn
 from stand_ins.tiktok import AUTHORIZE_PATH, CLIENT_KEY, REVOKE_PATH, TOKEN_PATH, USER_INFO_PATH, TikTokStandIn
 
 PROXY_TIMEOUT = 1.5  # short, so the timeout cases stay quick; real exchanges here take milliseconds
+# For the tests' httpx clients (verify=TLS), which talk plain HTTP on loopback: httpx would otherwise make each
+# client a TLS context of its own, reading certifi's bundle, at 16 ms of CPU a client.
+TLS = ssl.create_default_context()
 
 
 class ServerThread:
@@ -69,17 +74,18 @@ class ServerThread:
 def wait_until_healthy(base_url: str, process: subprocess.Popen[str], seconds: float = 30) -> None:
     """Wait for a proxy started as its own process to answer /healthz; fail with its output if it died."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(base_url + "/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            output = process.communicate()
-            raise RuntimeError(f"proxy did not start: {output}")
-        time.sleep(0.05)
+    with httpx.Client(verify=TLS) as http:
+        while True:
+            try:
+                if http.get(base_url + "/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                output = process.communicate()
+                raise RuntimeError(f"proxy did not start: {output}")
+            time.sleep(0.05)
 
 
 def wait_until_listening(port: int, process: subprocess.Popen[str], name: str, seconds: float = 10) -> None:
@@ -106,11 +112,29 @@ def debian_command(name: str, package: str) -> str:
     return found
 
 
+def ports_to_hand_out() -> Iterator[int]:
+    """The ports below the kernel's ephemeral range, which it gives to no connection and no bind to port 0, once
+    round from a random start: the concurrent pytest processes of scripts/test walk them apart."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = range(max(1024, low - 16384), low)
+    start = secrets.randbelow(len(ports))  # not `random`, which a test may have seeded
+    return itertools.chain(ports[start:], ports[:start])
+
+
+PORTS = ports_to_hand_out()
+
+
 def free_port() -> int:
-    """A port with nothing listening on it, for connection-refused cases."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port with nothing bound to it, for a server a test starts, or for a connection refused. Not the kernel's
+    pick (port 0): a connection or server elsewhere could be given that port before the test's server binds it."""
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken, or left in TIME_WAIT
+            return port
+    raise RuntimeError("every port below the ephemeral range has been handed out")
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +166,7 @@ def proxy_server(base_settings: Settings) -> Iterator[ServerThread]:
 @pytest.fixture
 def client(proxy_server: ServerThread) -> Iterator[httpx.Client]:
     """An HTTP client for the proxy under uvicorn, as Auth0 would talk to it."""
-    with httpx.Client(base_url=proxy_server.url, timeout=10) as http:
+    with httpx.Client(base_url=proxy_server.url, timeout=10, verify=TLS) as http:
         yield http
 
 
@@ -153,7 +177,7 @@ def proxy_with(base_settings: Settings) -> Iterator[Callable[..., httpx.Client]]
 
     def start(**changes: object) -> httpx.Client:
         server = ServerThread(create_app(replace(base_settings, **changes))).__enter__()
-        http = httpx.Client(base_url=server.url, timeout=10)
+        http = httpx.Client(base_url=server.url, timeout=10, verify=TLS)
         started.append((server, http))
         return http
 
@@ -399,7 +423,7 @@ def start_oidc(
         late.app = create_app(settings)
         server.__enter__()
         tiktok.redirect_uris.add(settings.public_url + "/oidc/callback")  # the one URI registered at TikTok
-        http = httpx.Client(timeout=10, verify=localhost_tls.context() if tls else True)
+        http = httpx.Client(timeout=10, verify=localhost_tls.context() if tls else TLS)
         started.append((server, http))
         return OIDCProxy(settings.public_url, settings, http, late, env, key_files)
 

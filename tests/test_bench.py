@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# The bench's own ports (18080 to 18082) and wrk's load: these run one at a time (scripts/test's alone lane).
+pytestmark = pytest.mark.alone
+
 REPO = Path(__file__).resolve().parent.parent
 PORTS = (18080, 18081, 18082)  # bench/run.py's: the stand-in, the nginx hop, the proxy
 QUICK = ["--seconds", "1", "--connections", "1"]

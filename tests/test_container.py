@@ -13,11 +13,14 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
 from conftest import ServerThread
 from stand_ins.tiktok import CLIENT_KEY, CLIENT_SECRET, TikTokStandIn
+
+pytestmark = pytest.mark.alone  # builds an image: CPU-heavy
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW_CLIENT_KEY = "aw1slowclientkey"

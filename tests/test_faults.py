@@ -155,6 +155,7 @@ def rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
+@pytest.mark.alone  # measures the proxy's memory
 def test_memory_and_connections_return_to_baseline_after_faults(upstream: FaultyUpstream, tmp_path: Path) -> None:
     port = free_port()
     env = {"PATH": os.environ["PATH"], "TIKTOK_TOKEN_URL": upstream.url, "TIKTOK_TIMEOUT": "1", "LOG_LEVEL": "ERROR"}
@@ -163,6 +164,9 @@ def test_memory_and_connections_return_to_baseline_after_faults(upstream: Faulty
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", process)
 
+        # Not conftest's TLS: the memory bound below holds at the pace of clients that each make their own TLS
+        # context (16 ms of CPU). Sixteen at a time for real, the proxy's heap keeps 12-27 MiB more after the first
+        # round of faults (and no more after three further rounds: kept by the allocator, not leaked).
         def exchange(_: int) -> int:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as own:
                 return own.post("/proxy/token", data=GRANT).status_code
@@ -303,6 +307,7 @@ def assert_next_exchange_on_a_new_connection(client: httpx.Client, upstream: Fau
     ],
     ids=["one-header", "many-headers", "interim-heads"],
 )
+@pytest.mark.alone  # measures latency under the load it makes
 def test_a_head_that_never_ends_is_cut_at_64_kib_while_the_worker_keeps_answering(
     faulty_proxy: httpx.Client, fresh: FaultyUpstream, caplog: pytest.LogCaptureFixture, behaviour: object
 ) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import pytest
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, GuestProtocol, JWKRegistry, RSAKey
@@ -436,6 +437,7 @@ def lost(outcomes: list[Outcome]) -> list[Outcome]:
 # ---------------------------------------------------------------------------------------------------- the test
 
 
+@pytest.mark.alone  # three proxies, nginx and a relying party keep 1.5 cores busy for 10 s
 def test_a_key_rotation_across_a_rolling_fleet_loses_no_sign_in_and_the_old_two_step_one_does(
     stand_in_server: tuple[TikTokStandIn, ServerThread],
     tiktok: TikTokStandIn,

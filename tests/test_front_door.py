@@ -34,6 +34,8 @@ from conftest import ServerThread, debian_command, free_port, wait_until_healthy
 from stand_ins.tiktok import REVOKE_PATH, TOKEN_PATH, TikTokStandIn
 from test_token import code_grant
 
+pytestmark = pytest.mark.waits  # a minute of idle connections: scripts/test runs it beside the other tests
+
 REPO = Path(__file__).resolve().parent.parent
 # Across uvicorn's old 5 s keep-alive, irregularly; each gets a little jitter too.
 GAPS_ACROSS_5_S = (4.9, 5.0, 5.1, 5.3, 2.0, 4.95, 5.05, 6.5)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -183,6 +184,7 @@ def prometheus_query(port: int, query: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+@pytest.mark.alone  # a worker paused must not miss uvicorn's 5 s health checks
 def test_two_workers_report_one_sum_to_a_real_prometheus(
     stand_in_server: tuple[TikTokStandIn, ServerThread], tiktok: TikTokStandIn, tmp_path: Path
 ) -> None:

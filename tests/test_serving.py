@@ -566,6 +566,7 @@ def vm_hwm_kib(pid: int) -> int:
     [[sys.executable, str(REPO / "proxy.py")], [*UVICORN, "--http", "tiktok_proxy.serving:LimitedHttpToolsProtocol"]],
     ids=["python proxy.py", "uvicorn proxy:app --http"],
 )
+@pytest.mark.alone  # measures the proxy's memory
 def test_the_limits_hold_however_the_proxy_is_started(
     command: list[str], stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path
 ) -> None:
@@ -667,6 +668,7 @@ def client_credentials_exchange(port: int) -> float:
         return elapsed()
 
 
+@pytest.mark.alone  # measures the proxy's memory
 @pytest.mark.parametrize("path", ["/proxy/token", "/oidc/token"])
 @pytest.mark.parametrize(
     "trailer", [b"a:b\r\n" * 13107, b"X-Endless: " + b"a" * 65525], ids=["short fields", "one endless field"]
@@ -691,6 +693,7 @@ def test_8_mib_of_trailer_fields_get_a_431_and_the_worker_stays_flat(
     assert vm_hwm_kib(process.pid) - before < 4 * 1024
 
 
+@pytest.mark.alone  # measures the proxy's memory, and other connections' latency meanwhile
 def test_a_pipelining_client_that_never_reads_is_cut_and_the_worker_stays_flat(
     own_process: tuple[subprocess.Popen[str], int, Path],
 ) -> None:
@@ -739,6 +742,7 @@ def flood(port: int, seconds: float, flooders: int) -> dict[str, Any]:
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.alone  # measures throughput under a flood
 def test_a_flood_under_a_low_open_file_limit_never_exhausts_it(
     stand_in_server: tuple[TikTokStandIn, ServerThread], tmp_path: Path
 ) -> None:
@@ -837,6 +841,7 @@ def test_the_open_files_are_shared_within_the_limit(
     assert OpenFiles.share(1024, max_connections=1000).too_tight  # set by hand too close: named at startup
 
 
+@pytest.mark.alone  # measures latency under an attack
 def test_the_attack_script_finds_the_proxy_serving_through_an_attack() -> None:
     """bench/attack.py --quick: slow drips and bloated heads well past MAX_CONNECTIONS, exchanges meanwhile."""
     result = subprocess.run(

@@ -44,6 +44,7 @@ def resends(caplog: pytest.LogCaptureFixture) -> int:
     return sum("upstream_resend" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.waits  # 30 s of pauses
 def test_exchanges_as_far_apart_as_the_idle_timeout_never_fail(
     start_proxy: Callable[[FaultyUpstream], str], caplog: pytest.LogCaptureFixture
 ) -> None:
