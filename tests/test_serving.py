@@ -7,6 +7,7 @@ thread; the last tests start it as users do (`python proxy.py`, `uvicorn proxy:a
 from __future__ import annotations
 
 import base64
+import gc
 import http.client
 import json
 import logging
@@ -15,6 +16,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -145,6 +147,30 @@ def test_a_body_that_never_finishes_gets_a_408_and_only_one_log_line(
     # One line: the cut, not also the app's "client disconnected" 400.
     assert proxy_lines(caplog) == ["event=refused reason=deadline status=408 phase=body request_timeout=1"]
     assert tiktok.seen == []
+
+
+def test_a_connection_reset_after_its_answer_releases_its_protocol_at_once(limited: ServerThread) -> None:
+    """uvicorn cancels its keep-alive timer only when a connection ends cleanly: one reset by the client (RST) stayed
+    in memory, held by that timer, for KEEP_ALIVE_TIMEOUT (75 s), so clients that connect, ask and reset could pile
+    up the worker's memory. The serving protocol cancels it however the connection ends."""
+    protocol_class = limited.server.config.http
+    assert isinstance(protocol_class, type) and issubclass(protocol_class, serving.LimitedProtocol)
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for thing in gc.get_objects() if type(thing) is protocol_class)
+
+    before = alive()
+    for _ in range(100):
+        sock = connect(limited)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        sock.close()
+    deadline = time.monotonic() + 5
+    while alive() > before + 2 and time.monotonic() < deadline:  # each reset reaches the server within moments
+        time.sleep(0.05)
+    assert alive() <= before + 2
 
 
 def test_a_kept_alive_connection_serves_exchange_after_exchange(

@@ -167,6 +167,9 @@ class LimitedProtocol(HttpToolsProtocol):
         for timer in (self.deadline, self.lingering, self.stalled):
             if timer is not None:
                 timer.cancel()
+        # uvicorn cancels its keep-alive timer only for a clean end: after a reset, the timer would hold this
+        # connection's memory for KEEP_ALIVE_TIMEOUT, and clients that connect, ask and reset would pile it up.
+        self._unset_keepalive_if_required()
         if self.lingering is not None and self.refused:
             self.limits.lingering -= 1
         self.limits.idle.pop(self, None)
