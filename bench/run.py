@@ -25,6 +25,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,13 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
         "p99": latency("99"),
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
     }
+
+
+def port_taken(port: int) -> bool:
+    """Whether something listens on this loopback port: the bench's nginx and proxy would then fail to bind, and
+    the bench would measure whatever answers there instead."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -220,6 +228,11 @@ def main() -> None:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"bench: {tool} is missing; apt-get install -y nginx wrk")
 
+    for port in (STAND_IN_PORT, NGINX_HOP_PORT, PROXY_PORT):
+        if port_taken(port):
+            raise SystemExit(
+                f"bench: port {port} on 127.0.0.1 is in use (another bench, or a server of yours): stop it first"
+            )
     children = Children()
     # SIGTERM as Ctrl-C: through the `finally` below, which stops every child.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

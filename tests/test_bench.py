@@ -131,3 +131,21 @@ def test_ctrl_c_stops_everything_the_bench_started(checkout: Path) -> None:
     assert "Traceback" not in output
     assert [command for pid, command in started.items() if alive(pid, command)] == []
     assert_ports_free()
+
+
+def test_a_port_already_in_use_stops_the_bench_before_it_starts_anything(checkout: Path) -> None:
+    """Something else on one of the bench's ports (an earlier run's nginx, a server of yours) would be measured in
+    its place, or fail the bench's own servers with a message only in their log: one line, before anything starts."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the earlier tests' connections may linger
+        taken.bind(("127.0.0.1", PORTS[0]))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, str(checkout / "bench" / "run.py"), *QUICK],
+            cwd=checkout, env=bench_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"bench: port {PORTS[0]} on 127.0.0.1 is in use (another bench, or a server of yours): stop it first"
+    )
+    assert processes_running(checkout / "proxy.py") == []
