@@ -39,6 +39,7 @@ from .config import (
     load_dotenv_from_working_directory,
     load_ngrok_settings,
     load_settings,
+    print_error,
     require_gate_off_loopback,
 )
 from .logs import redact
@@ -117,7 +118,7 @@ def the_loop(args: argparse.Namespace, serve: Serve) -> int:
         threading.Thread(target=check_through_the_tunnel, args=(admin,), name="doctor", daemon=True).start()
         serve(LOOPBACK, port)
     except ConfigError as err:
-        print(f"tiktok-token-proxy: configuration error: {err}", file=sys.stderr)
+        print_error(err)
         return 2
     except (AdminError, DevError) as err:
         print(f"tiktok-token-proxy: {redact(str(err), secrets)}", file=sys.stderr)
